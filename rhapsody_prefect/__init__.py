@@ -1,0 +1,84 @@
+"""rhapsody-prefect: the RHAPSODY runtime API, and its backends as Prefect task runners.
+
+    import rhapsody_prefect as rhapsody
+
+    backend = rhapsody.get_backend("concurrent")           # the RHAPSODY API
+    await backend.submit_tasks([{"executable": "/bin/true"}])
+    await backend.wait()
+
+    from prefect import flow
+    from rhapsody_prefect import RhapsodyRunner            # the Prefect task runner
+
+    @flow(task_runner=RhapsodyRunner("dask"))
+    def ensemble(): ...
+
+The Prefect parts (`RhapsodyRunner`, `executable_task`, `task_resources`) are
+imported on first use, so the core API does not pay for importing Prefect.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from .backends.base import BaseBackend, BaseExecutionBackend, ExecutionBackend
+from .backends.discovery import (
+    BackendRegistry,
+    discover_backends,
+    get_backend,
+    list_backends,
+    register_backend,
+    why_unavailable,
+)
+from .constants import BackendType, Defaults, TaskState
+from .exceptions import (
+    BackendError,
+    ConfigurationError,
+    RhapsodyError,
+    TaskError,
+    WaitTimeoutError,
+)
+from .tasks import CallbackFunction, TaskDict, TaskList
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "RhapsodyRunner": "rhapsody_prefect.runner",
+    "executable_task": "rhapsody_prefect.executable",
+    "ExecutableResult": "rhapsody_prefect.executable",
+    "task_resources": "rhapsody_prefect.executable",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'rhapsody_prefect' has no attribute {name!r}")
+
+
+__all__ = [
+    "BackendError",
+    "BackendRegistry",
+    "BackendType",
+    "BaseBackend",
+    "BaseExecutionBackend",
+    "CallbackFunction",
+    "ConfigurationError",
+    "Defaults",
+    "ExecutableResult",
+    "ExecutionBackend",
+    "RhapsodyError",
+    "RhapsodyRunner",
+    "TaskDict",
+    "TaskError",
+    "TaskList",
+    "TaskState",
+    "WaitTimeoutError",
+    "discover_backends",
+    "executable_task",
+    "get_backend",
+    "list_backends",
+    "register_backend",
+    "task_resources",
+    "why_unavailable",
+]

@@ -1,0 +1,209 @@
+"""The `concurrent` backend: local threads or processes, and local subprocesses.
+
+    import rhapsody_prefect as rhapsody
+
+    async with rhapsody.get_backend("concurrent", max_workers=4, executor="process") as backend:
+        await backend.submit_tasks([
+            {"function": sum, "args": ([1, 2, 3],)},
+            {"executable": "/bin/echo", "arguments": ["hello"]},
+        ])
+        await backend.wait()
+
+`max_workers` is the number of slots (cores): a task occupies
+`ranks * cores_per_rank` of them. Functions run in a thread pool
+(`executor="thread"`, the default) or in worker processes
+(`executor="process"`, functions shipped with cloudpickle); executables always
+run as subprocesses in their own process group, without a thread each.
+
+Cancelling a running executable or process-mode function kills its process
+group (a replacement worker is started on demand). A running thread cannot be
+killed: its task is reported CANCELED at once and its result is discarded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Literal
+
+import cloudpickle
+
+from ..calls import call_function
+from ..commands import kill_process_group, run_command_async
+from ..constants import BackendType, Defaults, TaskState
+from ..exceptions import BackendError, ConfigurationError
+from ..tasks import TaskDict, is_function_task
+from ._process_worker import HEADER
+from .base import ExecutionBackend
+
+ExecutorKind = Literal["thread", "process"]
+EXECUTORS = ("thread", "process")
+
+
+class WorkerDied(BackendError):
+    """A process-mode worker exited while running a task."""
+
+
+class _WorkerProcess:
+    """One `_process_worker` subprocess, talking length-prefixed cloudpickle frames."""
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+
+    @classmethod
+    async def spawn(cls) -> _WorkerProcess:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "rhapsody_prefect.backends._process_worker",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            env=env,
+            start_new_session=True,
+        )
+        return cls(process)
+
+    async def call(self, uid: str, task: TaskDict) -> tuple[bool, Any]:
+        payload = cloudpickle.dumps((uid, task["function"], task["args"], task["kwargs"]))
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.write(HEADER.pack(len(payload)) + payload)
+        await self.process.stdin.drain()
+        header = await self.process.stdout.readexactly(HEADER.size)
+        (size,) = HEADER.unpack(header)
+        _, ok, value = cloudpickle.loads(await self.process.stdout.readexactly(size))
+        return ok, value
+
+    async def kill(self) -> int | None:
+        kill_process_group(self.process.pid)
+        with contextlib.suppress(ProcessLookupError):
+            self.process.kill()
+        return await self.process.wait()
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is not None and code < 0:
+        with contextlib.suppress(ValueError):
+            return f"signal {signal.Signals(-code).name}"
+    return f"exit code {code}"
+
+
+class ConcurrentBackend(ExecutionBackend):
+    """Local execution with bounded concurrency, counted in cores."""
+
+    backend_type = BackendType.CONCURRENT
+
+    def __init__(
+        self,
+        max_workers: int = Defaults.MAX_WORKERS,
+        executor: ExecutorKind = "thread",
+        **kwargs: Any,
+    ) -> None:
+        if isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1:
+            raise ConfigurationError(
+                f"max_workers must be an int >= 1, got {max_workers!r}", config_key="max_workers"
+            )
+        if executor not in EXECUTORS:
+            raise ConfigurationError(
+                f"executor must be one of {list(EXECUTORS)}, got {executor!r}",
+                config_key="executor",
+            )
+        if kwargs:
+            raise ConfigurationError(
+                f"Unknown option(s) {sorted(kwargs)} for the concurrent backend; "
+                "allowed: max_workers, executor",
+                config_key=sorted(kwargs)[0],
+            )
+        super().__init__()
+        self.max_workers = max_workers
+        self.executor = executor
+        self.slots = max_workers
+        self._threads: ThreadPoolExecutor | None = None
+        self._idle_workers: list[_WorkerProcess] = []
+        self._busy_workers: dict[str, _WorkerProcess] = {}
+        self._running: dict[str, asyncio.Task[None]] = {}
+
+    async def _start(self) -> None:
+        if self.executor == "thread":
+            self._threads = ThreadPoolExecutor(self.max_workers, thread_name_prefix="rhapsody")
+
+    async def _launch(self, tasks: list[TaskDict]) -> None:
+        for task in tasks:
+            uid = task["uid"]
+            runner = asyncio.ensure_future(self._execute(task))
+            self._running[uid] = runner
+            runner.add_done_callback(lambda _, uid=uid: self._running.pop(uid, None))
+
+    async def _cancel(self, uids: list[str]) -> None:
+        for uid in uids:
+            runner = self._running.get(uid)
+            if runner is not None:
+                runner.cancel()
+
+    async def _shutdown(self) -> None:
+        workers = [*self._idle_workers, *self._busy_workers.values()]
+        self._idle_workers.clear()
+        await asyncio.gather(*(worker.kill() for worker in workers))
+        if self._threads is not None:
+            self._threads.shutdown(wait=False, cancel_futures=True)
+
+    async def _execute(self, task: TaskDict) -> None:
+        uid = task["uid"]
+        self._report(uid, TaskState.EXECUTING)
+        try:
+            if not is_function_task(task):
+                await self._run_executable(task)
+            elif self.executor == "process":
+                await self._run_in_process(task)
+            else:
+                await self._run_in_thread(task)
+        except asyncio.CancelledError:
+            self._report(uid, TaskState.CANCELED)
+        except Exception as error:
+            self._report(uid, TaskState.FAILED, exception=error)
+
+    async def _run_executable(self, task: TaskDict) -> None:
+        result = await run_command_async(task)
+        state = TaskState.COMPLETED if result.exit_code == 0 else TaskState.FAILED
+        self._report(
+            task["uid"], state,
+            exit_code=result.exit_code, stdout=result.stdout, stderr=result.stderr,
+        )
+
+    async def _run_in_thread(self, task: TaskDict) -> None:
+        loop = asyncio.get_running_loop()
+        value = await loop.run_in_executor(
+            self._threads, call_function, task["function"], task["args"], task["kwargs"]
+        )
+        self._report(task["uid"], TaskState.COMPLETED, return_value=value)
+
+    async def _run_in_process(self, task: TaskDict) -> None:
+        uid = task["uid"]
+        worker = self._idle_workers.pop() if self._idle_workers else await _WorkerProcess.spawn()
+        self._busy_workers[uid] = worker
+        try:
+            ok, value = await worker.call(uid, task)
+        except asyncio.CancelledError:
+            await worker.kill()
+            raise
+        except (asyncio.IncompleteReadError, ConnectionError, BrokenPipeError):
+            code = await worker.kill()
+            raise WorkerDied(
+                f"The worker process (pid {worker.process.pid}) running task '{uid}' died "
+                f"with {_describe_exit(code)}",
+                self.backend_type,
+                details={"exit_code": code},
+            ) from None
+        finally:
+            self._busy_workers.pop(uid, None)
+        self._idle_workers.append(worker)
+        if ok:
+            self._report(uid, TaskState.COMPLETED, return_value=value)
+        else:
+            self._report(uid, TaskState.FAILED, exception=value)
+
+
+__all__ = ["EXECUTORS", "ConcurrentBackend", "WorkerDied"]

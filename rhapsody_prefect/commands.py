@@ -1,0 +1,155 @@
+"""Running a task's command as a subprocess, sync or async, and killing it cleanly.
+
+Every command runs in a new session (process group), so a cancel or timeout
+kills the command and everything it started.
+
+    >>> from rhapsody_prefect.commands import run_command
+    >>> result = run_command({"executable": "/bin/echo", "arguments": ["hi"]})
+    >>> result.exit_code, result.stdout
+    (0, 'hi\\n')
+
+`ranks > 1` runs the command under the MPI launcher found on PATH (`mpiexec`,
+`mpirun`); `pre_exec` commands run in a shell first; `shell=True` runs
+`executable` through `/bin/sh -c`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+from collections.abc import Mapping
+from typing import Any
+
+from .exceptions import ConfigurationError
+
+MPI_LAUNCHERS = ("mpiexec", "mpirun")
+
+
+@dataclasses.dataclass(frozen=True)
+class CommandResult:
+    """What a finished command left: exit code and decoded output."""
+
+    exit_code: int
+    stdout: str
+    stderr: str
+
+
+def mpi_launcher() -> str | None:
+    """Path of the first MPI launcher on PATH, or None."""
+    for name in MPI_LAUNCHERS:
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+def command_argv(task: Mapping[str, Any]) -> list[str]:
+    """The argv that runs `task` (shell, pre_exec and MPI launcher applied)."""
+    executable = str(task["executable"])
+    arguments = [str(a) for a in task.get("arguments") or []]
+    if task.get("shell"):
+        argv = ["/bin/sh", "-c", " ".join([executable, *map(shlex.quote, arguments)])]
+    else:
+        argv = [executable, *arguments]
+    ranks = int(task.get("ranks") or 1)
+    if ranks > 1:
+        launcher = mpi_launcher()
+        if launcher is None:
+            raise ConfigurationError(
+                f"Task asks for ranks={ranks} but no MPI launcher ({', '.join(MPI_LAUNCHERS)}) "
+                "is on PATH; install one (Debian: mpich) or use ranks=1",
+                config_key="ranks",
+            )
+        argv = [launcher, "-n", str(ranks), *argv]
+    pre_exec = list(task.get("pre_exec") or [])
+    if pre_exec:
+        script = " && ".join([*pre_exec, 'exec "$@"'])
+        argv = ["/bin/sh", "-c", script, "rhapsody-pre-exec", *argv]
+    return argv
+
+
+def command_env(task: Mapping[str, Any]) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(task.get("environment") or {})
+    return env
+
+
+def kill_process_group(pid: int) -> None:
+    """SIGKILL the process group led by `pid` (the command and all it started)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+def _decode(data: bytes | None) -> str:
+    return (data or b"").decode(errors="replace")
+
+
+def run_command(task: Mapping[str, Any], timeout: float | None = None) -> CommandResult:
+    """Run the task's command to completion in this thread.
+
+    Raises:
+        subprocess.TimeoutExpired: after `timeout` seconds (the process group is killed).
+        FileNotFoundError: the executable does not exist.
+    """
+    process = subprocess.Popen(
+        command_argv(task),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=command_env(task),
+        cwd=task.get("cwd"),
+        start_new_session=True,
+    )
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except BaseException:
+        kill_process_group(process.pid)
+        process.communicate()
+        raise
+    finally:
+        kill_process_group(process.pid)  # whatever the command left running in its group
+    return CommandResult(process.returncode, _decode(stdout), _decode(stderr))
+
+
+async def run_command_async(task: Mapping[str, Any]) -> CommandResult:
+    """Run the task's command without blocking the event loop.
+
+    Cancelling the awaiting coroutine kills the command's whole process group.
+    """
+    process = await asyncio.create_subprocess_exec(
+        *command_argv(task),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=command_env(task),
+        cwd=task.get("cwd"),
+        start_new_session=True,
+    )
+    try:
+        stdout, stderr = await process.communicate()
+    except BaseException:
+        kill_process_group(process.pid)
+        with contextlib.suppress(BaseException):
+            await asyncio.shield(process.wait())
+        raise
+    finally:
+        kill_process_group(process.pid)
+    assert process.returncode is not None
+    return CommandResult(process.returncode, _decode(stdout), _decode(stderr))
+
+
+__all__ = [
+    "CommandResult",
+    "command_argv",
+    "command_env",
+    "kill_process_group",
+    "mpi_launcher",
+    "run_command",
+    "run_command_async",
+]

@@ -1,0 +1,206 @@
+"""Task dictionaries: the keys a task may have, and their validation.
+
+A task is a plain dict. It runs either a command (`executable` + `arguments`) or a
+Python callable (`function` + `args` + `kwargs`), with optional resources. The
+backend writes its results back into the same dict (`state`, `exit_code`,
+`stdout`, `stderr`, `return_value`, `exception`).
+
+    >>> from rhapsody_prefect.tasks import validate_task
+    >>> task = validate_task({"executable": "/bin/echo", "arguments": ["hi"]})
+    >>> task["ranks"], task["retries"]
+    (1, 0)
+
+`validate_task` raises `ConfigurationError` naming the offending key before
+anything runs.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from .constants import Defaults
+from .exceptions import ConfigurationError
+
+TaskDict = dict[str, Any]
+TaskList = list[TaskDict]
+CallbackFunction = Callable[[TaskDict, str], None]
+
+#: Keys a backend writes back into the task dict.
+RESULT_KEYS = ("state", "exit_code", "stdout", "stderr", "return_value", "exception")
+
+#: Keys a user may set, with a short description used in error messages.
+TASK_KEYS: dict[str, str] = {
+    "uid": "unique task id (str); generated when absent",
+    "name": "human readable name (str)",
+    "executable": "command to run (str); excludes 'function'",
+    "arguments": "command arguments (list of str)",
+    "shell": "run 'executable' through /bin/sh (bool, default False)",
+    "function": "Python callable, sync or async; excludes 'executable'",
+    "args": "positional arguments of 'function' (list or tuple)",
+    "kwargs": "keyword arguments of 'function' (dict)",
+    "ranks": "number of processes (int >= 1)",
+    "cores_per_rank": "cores per process (int >= 1)",
+    "gpus_per_rank": "GPUs per process (number >= 0)",
+    "environment": "extra environment variables (dict of str to str)",
+    "cwd": "working directory (str or path)",
+    "timeout": "seconds before the task is failed (number > 0 or None)",
+    "retries": "backend-level retries (int >= 0)",
+    "retry_delay": "seconds between backend-level retries (number >= 0)",
+    "pre_exec": "shell commands run before the executable (list of str)",
+    "backend_kwargs": "backend-specific options (dict)",
+}
+
+_uid_counter = itertools.count(1)
+
+
+def new_uid() -> str:
+    """A process-wide unique task uid (`task.000001`, ...)."""
+    return f"task.{next(_uid_counter):06d}.{os.getpid()}"
+
+
+def _fail(key: str, message: str) -> ConfigurationError:
+    return ConfigurationError(f"Task key '{key}': {message}", config_key=key)
+
+
+def _int_at_least(task: Mapping[str, Any], key: str, minimum: int, default: int) -> int:
+    value = task.get(key, default)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise _fail(key, f"expected an int >= {minimum}, got {value!r}")
+    return value
+
+
+def _number_at_least(
+    task: Mapping[str, Any], key: str, minimum: float, default: float | None
+) -> float | None:
+    value = task.get(key, default)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum:
+        raise _fail(key, f"expected a number >= {minimum}, got {value!r}")
+    return value
+
+
+def _str_list(task: Mapping[str, Any], key: str) -> list[str]:
+    value = task.get(key) or []
+    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+        raise _fail(key, f"expected a list of str, got {value!r}")
+    items = []
+    for item in value:
+        if isinstance(item, (str, os.PathLike, int, float)) and not isinstance(item, bool):
+            items.append(os.fspath(item) if isinstance(item, os.PathLike) else str(item))
+        else:
+            raise _fail(key, f"expected a list of str, got item {item!r}")
+    return items
+
+
+def validate_task(task: TaskDict) -> TaskDict:
+    """Check `task` and fill in defaults, in place; return it.
+
+    Raises:
+        ConfigurationError: a key is unknown, missing, of the wrong type or out of range.
+    """
+    if not isinstance(task, dict):
+        raise ConfigurationError(f"A task must be a dict, got {type(task).__name__}")
+    unknown = sorted(set(task) - set(TASK_KEYS) - set(RESULT_KEYS))
+    if unknown:
+        raise _fail(unknown[0], f"unknown key; allowed keys are {sorted(TASK_KEYS)}")
+
+    has_executable = task.get("executable") is not None
+    has_function = task.get("function") is not None
+    if has_executable == has_function:
+        raise ConfigurationError(
+            "A task needs exactly one of 'executable' (a command) or 'function' "
+            f"(a Python callable); got {'both' if has_executable else 'neither'}",
+            config_key="executable" if has_executable else "function",
+        )
+
+    uid = task.get("uid")
+    if uid is None:
+        task["uid"] = new_uid()
+    elif not isinstance(uid, str) or not uid:
+        raise _fail("uid", f"expected a non-empty str, got {uid!r}")
+    name = task.get("name")
+    if name is not None and not isinstance(name, str):
+        raise _fail("name", f"expected a str, got {name!r}")
+
+    if has_executable:
+        executable = task["executable"]
+        if isinstance(executable, os.PathLike):
+            executable = os.fspath(executable)
+        if not isinstance(executable, str) or not executable:
+            raise _fail("executable", f"expected a non-empty str, got {executable!r}")
+        task["executable"] = executable
+        task["arguments"] = _str_list(task, "arguments")
+        if not isinstance(task.setdefault("shell", False), bool):
+            raise _fail("shell", f"expected a bool, got {task['shell']!r}")
+        for key in ("args", "kwargs"):
+            if task.get(key):
+                raise _fail(key, "only allowed with 'function', not with 'executable'")
+    else:
+        if not callable(task["function"]):
+            raise _fail("function", f"expected a callable, got {task['function']!r}")
+        args = task.get("args") or ()
+        if not isinstance(args, (list, tuple)):
+            raise _fail("args", f"expected a list or tuple, got {args!r}")
+        kwargs = task.get("kwargs") or {}
+        if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
+            raise _fail("kwargs", f"expected a dict with str keys, got {kwargs!r}")
+        task["args"], task["kwargs"] = tuple(args), kwargs
+        for key in ("arguments", "shell"):
+            if task.get(key):
+                raise _fail(key, "only allowed with 'executable', not with 'function'")
+
+    task["ranks"] = _int_at_least(task, "ranks", 1, 1)
+    task["cores_per_rank"] = _int_at_least(task, "cores_per_rank", 1, 1)
+    task["gpus_per_rank"] = _number_at_least(task, "gpus_per_rank", 0, 0)
+    task["timeout"] = _number_at_least(task, "timeout", 0, Defaults.TIMEOUT)
+    if task["timeout"] == 0:
+        raise _fail("timeout", "expected a number > 0 or None, got 0")
+    task["retries"] = _int_at_least(task, "retries", 0, Defaults.RETRY_ATTEMPTS)
+    task["retry_delay"] = _number_at_least(task, "retry_delay", 0, Defaults.RETRY_DELAY)
+    task["pre_exec"] = _str_list(task, "pre_exec")
+
+    environment = task.get("environment") or {}
+    if not isinstance(environment, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in environment.items()
+    ):
+        raise _fail("environment", f"expected a dict of str to str, got {environment!r}")
+    task["environment"] = environment
+
+    cwd = task.get("cwd")
+    if cwd is not None:
+        if not isinstance(cwd, (str, os.PathLike)):
+            raise _fail("cwd", f"expected a str or path, got {cwd!r}")
+        task["cwd"] = os.fspath(cwd)
+    backend_kwargs = task.get("backend_kwargs") or {}
+    if not isinstance(backend_kwargs, dict):
+        raise _fail("backend_kwargs", f"expected a dict, got {backend_kwargs!r}")
+    task["backend_kwargs"] = backend_kwargs
+    return task
+
+
+def task_slots(task: Mapping[str, Any]) -> int:
+    """Cores a task occupies: `ranks * cores_per_rank`."""
+    return int(task.get("ranks", 1)) * int(task.get("cores_per_rank", 1))
+
+
+def is_function_task(task: Mapping[str, Any]) -> bool:
+    return task.get("function") is not None
+
+
+__all__ = [
+    "RESULT_KEYS",
+    "TASK_KEYS",
+    "CallbackFunction",
+    "TaskDict",
+    "TaskList",
+    "is_function_task",
+    "new_uid",
+    "task_slots",
+    "validate_task",
+]
