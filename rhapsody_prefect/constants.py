@@ -14,7 +14,7 @@ from __future__ import annotations
 import enum
 
 
-class TaskState(str, enum.Enum):
+class TaskState(enum.StrEnum):
     NEW = "NEW"
     WAITING = "WAITING"
     READY = "READY"
@@ -23,9 +23,6 @@ class TaskState(str, enum.Enum):
     FAILED = "FAILED"
     RETRYING = "RETRYING"
     CANCELED = "CANCELED"
-
-    def __str__(self) -> str:
-        return self.value
 
     @property
     def is_terminal(self) -> bool:

@@ -178,7 +178,8 @@ class _SlotPool:
             if waiter.done() and not waiter.cancelled():
                 self.release(count)
             else:
-                self._waiters.remove((count, waiter))
+                with contextlib.suppress(ValueError):  # _wake may have dropped it already
+                    self._waiters.remove((count, waiter))
                 self._wake()
             raise
 

@@ -69,7 +69,8 @@ class _WorkerProcess:
 
     async def call(self, uid: str, task: TaskDict) -> tuple[bool, Any]:
         payload = cloudpickle.dumps((uid, task["function"], task["args"], task["kwargs"]))
-        assert self.process.stdin is not None and self.process.stdout is not None
+        assert self.process.stdin is not None
+        assert self.process.stdout is not None
         self.process.stdin.write(HEADER.pack(len(payload)) + payload)
         await self.process.stdin.drain()
         header = await self.process.stdout.readexactly(HEADER.size)

@@ -28,7 +28,10 @@ ENTRY_POINT_GROUP = "rhapsody.backends"
 BUILTIN_BACKENDS: dict[str, tuple[str, str | None]] = {
     "concurrent": ("rhapsody_prefect.backends.concurrent:ConcurrentBackend", None),
     "dask": ("rhapsody_prefect.backends.dask:DaskBackend", "dask"),
-    "radical_pilot": ("rhapsody_prefect.backends.radical_pilot:RadicalPilotBackend", "radical_pilot"),
+    "radical_pilot": (
+        "rhapsody_prefect.backends.radical_pilot:RadicalPilotBackend",
+        "radical_pilot",
+    ),
 }
 
 BackendSource = str | type[BaseExecutionBackend]
