@@ -1,0 +1,916 @@
+"""The `radical_pilot` backend: RHAPSODY tasks on a RADICAL-Pilot pilot.
+
+One RADICAL-Pilot session, one pilot and one task manager per backend, started
+lazily on the first submit. Executable tasks (with ranks, cores, GPUs, environment,
+pre_exec; `ranks > 1` runs under the machine's MPI launcher) go to the pilot's
+agent directly. Python function tasks go to a raptor master and worker that are
+started on demand, when the first function task arrives.
+
+    import asyncio
+    import rhapsody_prefect as rhapsody
+
+    async def main():
+        # local.localhost, sized to this machine; files under ./.rhapsody/radical_pilot
+        async with rhapsody.get_backend("radical_pilot") as backend:
+            await backend.submit_tasks([
+                {"uid": "hello", "executable": "/bin/echo", "arguments": ["hi"]},
+                {"uid": "mpi", "executable": "hostname", "ranks": 2},
+                {"uid": "sum", "function": sum, "args": ([1, 2, 3],)},
+            ])
+            await backend.wait()
+            print(backend.get_task("sum")["return_value"])   # 6
+
+    asyncio.run(main())
+
+A real machine RADICAL-Pilot knows (Slurm, PBS, ...), from its login node:
+
+    get_backend("radical_pilot", resources={
+        "resource": "ornl.frontier", "project": "ABC123", "queue": "batch",
+        "nodes": 2, "runtime": 60})
+
+`resources` takes RADICAL-Pilot pilot description keys; a bad key or value raises
+`ConfigurationError` (with `config_key`) in the constructor. See docs/radical_pilot.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import base64
+import contextlib
+import copy
+import datetime
+import itertools
+import json
+import logging
+import os
+import pickle
+import shlex
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import time
+import weakref
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import psutil
+import radical.pilot as rp
+import radical.utils as ru
+
+from ..constants import TaskState
+from ..exceptions import BackendError, ConfigurationError
+from ..tasks import TaskDict, is_function_task, task_slots
+from . import _rp_call
+from .base import ExecutionBackend
+
+logger = logging.getLogger("rhapsody_prefect.backends.radical_pilot")
+
+BACKEND_TYPE = "radical_pilot"
+LOCAL_RESOURCE = "local.localhost"
+
+#: RADICAL-Pilot task states -> RHAPSODY TaskState (the one place they are mapped).
+#: The backend reports only EXECUTING and the terminal states; the base class
+#: announces NEW, WAITING and READY itself.
+RP_TO_TASK_STATE: dict[str, TaskState] = {
+    rp.NEW: TaskState.READY,
+    rp.TMGR_SCHEDULING_PENDING: TaskState.READY,
+    rp.TMGR_SCHEDULING: TaskState.READY,
+    rp.TMGR_STAGING_INPUT_PENDING: TaskState.READY,
+    rp.TMGR_STAGING_INPUT: TaskState.READY,
+    rp.AGENT_STAGING_INPUT_PENDING: TaskState.READY,
+    rp.AGENT_STAGING_INPUT: TaskState.READY,
+    rp.AGENT_SCHEDULING_PENDING: TaskState.READY,
+    rp.AGENT_SCHEDULING: TaskState.READY,
+    rp.AGENT_EXECUTING_PENDING: TaskState.READY,
+    rp.AGENT_EXECUTING: TaskState.EXECUTING,
+    rp.AGENT_STAGING_OUTPUT_PENDING: TaskState.EXECUTING,
+    rp.AGENT_STAGING_OUTPUT: TaskState.EXECUTING,
+    rp.TMGR_STAGING_OUTPUT_PENDING: TaskState.EXECUTING,
+    rp.TMGR_STAGING_OUTPUT: TaskState.EXECUTING,
+    rp.DONE: TaskState.COMPLETED,
+    rp.FAILED: TaskState.FAILED,
+    rp.CANCELED: TaskState.CANCELED,
+}
+
+#: The other direction: which RADICAL-Pilot states a TaskState stands for.
+TASK_STATE_TO_RP: dict[TaskState, tuple[str, ...]] = {
+    state: tuple(rp_state for rp_state, mapped in RP_TO_TASK_STATE.items() if mapped is state)
+    for state in TaskState
+}
+
+#: Pilot description keys the backend sets itself.
+_MANAGED_PILOT_KEYS = frozenset({"uid", "exit_on_error"})
+#: TaskDescription keys `backend_kwargs` may not override (the backend owns them).
+_MANAGED_TASK_KEYS = frozenset({
+    "uid", "name", "mode", "executable", "arguments", "function", "args", "kwargs",
+    "method", "code", "command", "raptor_id", "scheduler", "raptor_class", "raptor_file",
+    "worker_class", "worker_file", "ranks", "cores_per_rank", "gpus_per_rank",
+    "cpu_processes", "cpu_threads", "gpu_processes", "environment", "pre_exec", "pilot",
+})
+_RAPTOR_DEFAULTS: dict[str, int] = {"workers": 1, "cores_per_worker": 1, "gpus_per_worker": 0}
+#: Env variables marking every process a backend's session starts (for reaping).
+_MARK = "RHAPSODY_RP_RUN"
+_MARK_PID = "RHAPSODY_RP_CLIENT_PID"
+#: Helper executables RADICAL-Pilot starts by name from PATH.
+_RP_HELPERS = ("radical-pilot-bridge", "radical-pilot-component", "radical-pilot-agent_0")
+#: Seconds `terminate()` waits for `session.close()` before reaping by force.
+CLOSE_TIMEOUT = 60.0
+
+_env_lock = threading.Lock()
+_run_counter = itertools.count(1)
+_live_runs: weakref.WeakSet[RadicalPilotBackend] = weakref.WeakSet()
+
+
+# ----------------------------------------------------------------- availability
+def _venv_bin() -> Path:
+    return Path(sys.executable).parent
+
+
+def _helpers_missing() -> list[str]:
+    path = os.pathsep.join([str(_venv_bin()), os.environ.get("PATH", "")])
+    return [name for name in _RP_HELPERS if shutil.which(name, path=path) is None]
+
+
+def availability() -> tuple[bool, str]:
+    """Whether this backend can run here, and why not. Starts nothing."""
+    missing = _helpers_missing()
+    if missing:
+        return False, (
+            f"RADICAL-Pilot's helper executables {missing} are neither next to "
+            f"{sys.executable} nor on PATH; install radical.pilot into this Python "
+            "environment (pip install 'rhapsody-prefect[radical_pilot]')"
+        )
+    return True, f"radical.pilot {rp.version} with helpers in {_venv_bin()}"
+
+
+# ---------------------------------------------------------------- configuration
+def _machine_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+_resource_configs: dict[str, Any] | None = None
+
+
+def _known_resources() -> dict[str, Any]:
+    """RADICAL-Pilot's resource configs (built-in and the user's), read once."""
+    global _resource_configs
+    if _resource_configs is None:
+        configs = ru.Config("radical.pilot.resource", name="*", expand=False)
+        _resource_configs = {
+            f"{site}.{name}": copy.deepcopy(dict(cfg))
+            for site, entries in configs.items()
+            for name, cfg in entries.items()
+        }
+    return _resource_configs
+
+
+def _check_type(key: str, value: Any, expected: Any) -> None:
+    def fail(what: str) -> ConfigurationError:
+        return ConfigurationError(
+            f"resources[{key!r}] must be {what}, got {value!r}", config_key=key
+        )
+
+    if expected is int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise fail("an int >= 0")
+    elif expected is bool:
+        if not isinstance(value, bool):
+            raise fail("a bool")
+    elif expected is str:
+        if not isinstance(value, str):
+            raise fail("a str")
+    elif isinstance(expected, list):
+        if not isinstance(value, (list, tuple)):
+            raise fail("a list")
+    elif isinstance(expected, dict) and not isinstance(value, dict):
+        raise fail("a dict")
+
+
+def validate_resources(resources: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Check pilot description keys and values; fill in the local defaults.
+
+    Raises:
+        ConfigurationError: unknown key, wrong type, unknown resource, bad sizes.
+    """
+    if resources is None:
+        resources = {}
+    if not isinstance(resources, Mapping):
+        raise ConfigurationError(
+            f"resources must be a dict of pilot description keys, got {resources!r}",
+            config_key="resources",
+        )
+    schema = rp.PilotDescription._schema
+    allowed = sorted(set(schema) - _MANAGED_PILOT_KEYS)
+    for key, value in resources.items():
+        if key not in schema or key in _MANAGED_PILOT_KEYS:
+            raise ConfigurationError(
+                f"Unknown or backend-managed pilot description key {key!r}; allowed: {allowed}",
+                config_key=key,
+            )
+        _check_type(key, value, schema[key])
+    result = dict(resources)
+    resource = result.setdefault("resource", LOCAL_RESOURCE)
+    known = _known_resources()
+    if resource not in known:
+        raise ConfigurationError(
+            f"RADICAL-Pilot does not know resource {resource!r}; known: "
+            f"{sorted(known)[:12]} ... ({len(known)} in all; `radical-pilot-resources` "
+            "lists them, a user config in ~/.radical/pilot/configs adds one)",
+            config_key="resource",
+        )
+    schemas = known[resource].get("schemas") or {}
+    schema_name = result.get("access_schema")
+    if schema_name is not None and schema_name not in schemas:
+        raise ConfigurationError(
+            f"Resource {resource!r} has no access schema {schema_name!r}; "
+            f"known: {sorted(schemas)}",
+            config_key="access_schema",
+        )
+    local = is_local(resource)
+    if result.get("runtime", 1) < 1:
+        raise ConfigurationError("resources['runtime'] is in minutes and must be >= 1",
+                                 config_key="runtime")
+    if not result.get("nodes") and not result.get("cores"):
+        if not local:
+            raise ConfigurationError(
+                f"Say how big the pilot on {resource!r} is: resources['nodes'] or "
+                "resources['cores']",
+                config_key="cores",
+            )
+        result["cores"] = _machine_cores()
+    result.setdefault("runtime", 1440 if local else 60)
+    description = rp.PilotDescription(dict(result))
+    try:
+        description.verify()
+    except ValueError as error:
+        key = "nodes" if "nodes" in str(error) else "cores"
+        raise ConfigurationError(f"Invalid pilot description: {error}", config_key=key) from error
+    return result
+
+
+def validate_raptor(raptor: bool | Mapping[str, Any] | None) -> dict[str, int] | None:
+    """None (function tasks disabled) or the raptor sizing with defaults filled in."""
+    if raptor is None or raptor is True:
+        return dict(_RAPTOR_DEFAULTS)
+    if raptor is False:
+        return None
+    if not isinstance(raptor, Mapping):
+        raise ConfigurationError(
+            f"raptor must be True, False or a dict with keys {sorted(_RAPTOR_DEFAULTS)}, "
+            f"got {raptor!r}",
+            config_key="raptor",
+        )
+    result = dict(_RAPTOR_DEFAULTS)
+    for key, value in raptor.items():
+        if key not in _RAPTOR_DEFAULTS:
+            raise ConfigurationError(
+                f"Unknown raptor option {key!r}; allowed: {sorted(_RAPTOR_DEFAULTS)}",
+                config_key=f"raptor.{key}",
+            )
+        minimum = 0 if key == "gpus_per_worker" else 1
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ConfigurationError(
+                f"raptor[{key!r}] must be an int >= {minimum}, got {value!r}",
+                config_key=f"raptor.{key}",
+            )
+        result[key] = value
+    return result
+
+
+def is_local(resource: str) -> bool:
+    return resource.startswith("local.")
+
+
+# ------------------------------------------------------------------- processes
+def _marked_processes(run_id: str | None = None) -> Iterator[tuple[psutil.Process, dict[str, str]]]:
+    me = os.getpid()
+    for process in psutil.process_iter(["pid"]):
+        if process.pid == me:
+            continue
+        try:
+            environ = process.environ()
+        except (psutil.Error, OSError):
+            continue
+        mark = environ.get(_MARK)
+        if mark and (run_id is None or mark == run_id):
+            yield process, environ
+
+
+def _kill(processes: list[psutil.Process], grace: float = 3.0) -> int:
+    for process in processes:
+        with contextlib.suppress(psutil.Error):
+            process.send_signal(signal.SIGTERM)
+    _, alive = psutil.wait_procs(processes, timeout=grace)
+    for process in alive:
+        with contextlib.suppress(psutil.Error):
+            process.kill()
+    psutil.wait_procs(alive, timeout=grace)
+    return len(processes)
+
+
+def reap_run(run_id: str) -> int:
+    """Kill every process a backend's session started (agent, raptor, tasks, bridges)."""
+    return _kill([process for process, _ in _marked_processes(run_id)])
+
+
+def reap_orphans() -> int:
+    """Kill leftovers of backends whose client process died (SIGKILL, OOM)."""
+    orphans = []
+    for process, environ in _marked_processes():
+        client = environ.get(_MARK_PID, "")
+        if client.isdigit() and not psutil.pid_exists(int(client)):
+            orphans.append(process)
+    return _kill(orphans) if orphans else 0
+
+
+@atexit.register
+def _reap_at_exit() -> None:  # a backend that was never terminated
+    for backend in list(_live_runs):
+        with contextlib.suppress(Exception):
+            reap_run(backend.run_id)
+
+
+@contextlib.contextmanager
+def _patched_environ(values: Mapping[str, str]) -> Iterator[None]:
+    """Set env variables while RP spawns its helpers; they inherit them."""
+    tempfile.gettempdir()  # pin this process's own temp dir before TMPDIR changes
+    with _env_lock:
+        saved = {key: os.environ.get(key) for key in values}
+        os.environ.update(values)
+        try:
+            yield
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+
+
+# --------------------------------------------------------------------- backend
+class RadicalPilotBackend(ExecutionBackend):
+    """RHAPSODY tasks on one RADICAL-Pilot pilot (see the module docstring).
+
+    Args:
+        resources: pilot description keys (resource, cores, nodes, gpus, runtime [min],
+            queue, project, access_schema, sandbox, ...). Default: `local.localhost`
+            with this machine's cores, runtime 1440 min.
+        work_dir: directory for the session, sandbox, RP config and temp files
+            (default `./.rhapsody/radical_pilot`); each backend uses a subdirectory.
+        keep_sandbox: keep that subdirectory (logs, task sandboxes) after terminate().
+        raptor: True (default sizing), False (no function tasks) or a dict with
+            `workers`, `cores_per_worker`, `gpus_per_worker`. On `local.localhost` the
+            raptor master and workers get cores on top of the machine's.
+    """
+
+    backend_type = BACKEND_TYPE
+
+    def __init__(
+        self,
+        resources: Mapping[str, Any] | None = None,
+        *,
+        work_dir: str | os.PathLike[str] | None = None,
+        keep_sandbox: bool = False,
+        raptor: bool | Mapping[str, Any] | None = True,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.resources = validate_resources(resources)
+        self.raptor_config = validate_raptor(raptor)
+        if work_dir is not None and not isinstance(work_dir, (str, os.PathLike)):
+            raise ConfigurationError(f"work_dir must be a path, got {work_dir!r}", "work_dir")
+        self._default_work_dir = work_dir is None
+        self.work_dir = Path(work_dir or Path.cwd() / ".rhapsody" / "radical_pilot").absolute()
+        if not isinstance(keep_sandbox, bool):
+            raise ConfigurationError(
+                f"keep_sandbox must be a bool, got {keep_sandbox!r}", "keep_sandbox"
+            )
+        self.keep_sandbox = keep_sandbox
+        self.local = is_local(self.resources["resource"])
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        self.run_id = f"rhapsody.rp.{stamp}.{os.getpid()}.{next(_run_counter):03d}"
+        self.run_dir = self.work_dir / self.run_id
+        self.exec_cores: int | None = None  # cores executable tasks may use
+        self._session: Any = None
+        self._pmgr: Any = None
+        self._pilot: Any = None
+        self._tmgr: Any = None
+        self._master: Any = None
+        self._workers: list[Any] = []
+        self._raptor_lock: asyncio.Lock | None = None
+        self._raptor_uids: set[str] = set()
+        self._raptor_error: BackendError | None = None
+        self._pilot_error: BackendError | None = None
+        self._closing = False
+        self._lock = threading.Lock()
+        self._rp_counter = itertools.count(1)
+        self._by_rp_uid: dict[str, tuple[str, int, bool]] = {}  # rp uid -> uid, attempt, fn?
+        self._current: dict[str, str] = {}  # uid -> rp uid of its running attempt
+        self.timings: dict[str, float] = {}
+
+    # ------------------------------------------------------------------ start
+    def _raptor_cores(self) -> int:
+        config = self.raptor_config
+        return 0 if config is None else 1 + config["workers"] * config["cores_per_worker"]
+
+    def _environment(self) -> dict[str, str]:
+        bin_dir = str(_venv_bin())
+        path = os.environ.get("PATH", "")
+        if path.split(os.pathsep)[0] != bin_dir:
+            path = f"{bin_dir}{os.pathsep}{path}"
+        values = {
+            "PATH": path,
+            _MARK: self.run_id,
+            _MARK_PID: str(os.getpid()),
+            "RADICAL_REPORT": os.environ.get("RADICAL_REPORT", "False"),
+            "RADICAL_BASE": str(self.run_dir / "base"),
+        }
+        if sys.prefix != sys.base_prefix:
+            values["VIRTUAL_ENV"] = sys.prefix
+        if self.local:
+            values["TMPDIR"] = str(self.run_dir / "tmp")
+            values["RADICAL_CONFIG_USER_DIR"] = str(self.run_dir / "config")
+        return values
+
+    def _write_local_config(self) -> None:
+        """A user resource config sizing local.localhost to this machine (+ raptor)."""
+        user_home = os.environ.get("RADICAL_CONFIG_USER_DIR") or os.environ.get("HOME", "")
+        user_dir = Path(user_home) / ".radical" / "pilot" / "configs"
+        ours = self.run_dir / "config" / ".radical" / "pilot" / "configs"
+        ours.mkdir(parents=True, exist_ok=True)
+        local_cfg: dict[str, Any] = {}
+        if user_dir.is_dir():  # keep the user's own resource configs visible
+            for path in user_dir.glob("resource_*.json"):
+                if path.name == "resource_local.json":
+                    with contextlib.suppress(Exception):
+                        local_cfg = dict(ru.read_json(str(path)))
+                else:
+                    with contextlib.suppress(OSError):
+                        (ours / path.name).symlink_to(path)
+        site, name = self.resources["resource"].split(".", 1)
+        entry = dict(local_cfg.get(name) or {})
+        cores = int(self.resources.get("cores") or _machine_cores())
+        entry.update({
+            "cores_per_node": cores + self._raptor_cores(),
+            "gpus_per_node": int(self.resources.get("gpus") or 0),
+            "fake_resources": True,
+            "default_remote_workdir": str(self.run_dir / "sandbox"),
+        })
+        local_cfg[name] = entry
+        with open(ours / f"resource_{site}.json", "w") as stream:
+            json.dump(local_cfg, stream, indent=1)
+
+    def _pilot_description(self) -> Any:
+        values = dict(self.resources)
+        values["exit_on_error"] = False
+        if self.local:
+            values["cores"] = int(values.get("cores") or _machine_cores()) + self._raptor_cores()
+            values.setdefault("sandbox", str(self.run_dir / "sandbox"))
+        values.setdefault("job_name", self.run_id)
+        return rp.PilotDescription(values)
+
+    def _pilot_cores(self) -> int:
+        if self.resources.get("cores"):
+            return int(self.resources["cores"])
+        rcfg = _known_resources()[self.resources["resource"]]
+        return int(self.resources.get("nodes", 1)) * int(rcfg.get("cores_per_node") or 1)
+
+    def _start_blocking(self) -> None:
+        t0 = time.monotonic()
+        missing = _helpers_missing()
+        if missing:
+            raise ConfigurationError(availability()[1], config_key="PATH")
+        with contextlib.suppress(Exception):
+            reaped = reap_orphans()
+            if reaped:
+                logger.warning("Killed %d RADICAL-Pilot processes left by dead clients", reaped)
+        for sub in ("tmp", "base", "client"):
+            (self.run_dir / sub).mkdir(parents=True, exist_ok=True)
+        if self.local:
+            self._write_local_config()
+        _live_runs.add(self)
+        cfg = {"base": str(self.run_dir), "path": str(self.run_dir / "client"),
+               "client_sandbox": str(self.run_dir / "client")}
+        with _patched_environ(self._environment()):
+            self._session = rp.Session(uid=self.run_id, cfg=cfg)
+            self.timings["session"] = time.monotonic() - t0
+            self._pmgr = rp.PilotManager(session=self._session)
+            self._tmgr = rp.TaskManager(session=self._session)
+            self._tmgr.register_callback(self._task_callback)
+            self._pilot = self._pmgr.submit_pilots(self._pilot_description())
+            self._pilot.register_callback(self._pilot_callback)
+            self._tmgr.add_pilots(self._pilot)
+        self.timings["pilot_submitted"] = time.monotonic() - t0
+
+    async def _start(self) -> None:
+        self._raptor_lock = asyncio.Lock()
+        self.exec_cores = self._pilot_cores()
+        try:
+            await asyncio.to_thread(self._start_blocking)
+        except BaseException:
+            await asyncio.to_thread(self._close_blocking)
+            raise
+
+    async def wait_active(self, timeout: float | None = None) -> None:
+        """Start the backend and wait until its pilot runs (handy before timing)."""
+        await self.start()
+        state = await asyncio.to_thread(
+            self._pilot.wait, [rp.PMGR_ACTIVE, *rp.FINAL], timeout
+        )
+        if state != rp.PMGR_ACTIVE:
+            raise self._pilot_lost(state)
+
+    # ------------------------------------------------------------ validation
+    def _check_task(self, task: TaskDict) -> None:
+        uid = task["uid"]
+        extra = task.get("backend_kwargs") or {}
+        schema = rp.TaskDescription._schema
+        for key in extra:
+            if key not in schema or key in _MANAGED_TASK_KEYS:
+                raise ConfigurationError(
+                    f"Task '{uid}': backend_kwargs key {key!r} is not a RADICAL-Pilot "
+                    "TaskDescription field this backend lets you set; task keys cover "
+                    f"{sorted(_MANAGED_TASK_KEYS & set(schema))}",
+                    config_key=f"backend_kwargs.{key}",
+                )
+        gpus = task["gpus_per_rank"]
+        total_gpus = int(self.resources.get("gpus") or 0)
+        if is_function_task(task):
+            raptor = self.raptor_config
+            if raptor is None:
+                raise ConfigurationError(
+                    f"Task '{uid}' is a function task, but this radical_pilot backend was "
+                    "created with raptor=False",
+                    config_key="raptor",
+                )
+            if task["ranks"] != 1:
+                raise ConfigurationError(
+                    f"Task '{uid}': function tasks run in a raptor worker with ranks=1; "
+                    f"got ranks={task['ranks']} (run MPI programs as executable tasks)",
+                    config_key="ranks",
+                )
+            if task["cores_per_rank"] > raptor["cores_per_worker"]:
+                raise ConfigurationError(
+                    f"Task '{uid}' needs {task['cores_per_rank']} cores but a raptor worker "
+                    f"has {raptor['cores_per_worker']} (raptor={{'cores_per_worker': ...}})",
+                    config_key="cores_per_rank",
+                )
+            if gpus > raptor["gpus_per_worker"]:
+                raise ConfigurationError(
+                    f"Task '{uid}' needs {gpus} GPUs but a raptor worker has "
+                    f"{raptor['gpus_per_worker']} (raptor={{'gpus_per_worker': ...}})",
+                    config_key="gpus_per_rank",
+                )
+            if task["pre_exec"]:
+                raise ConfigurationError(
+                    f"Task '{uid}': pre_exec is not supported for function tasks "
+                    "(they run inside a raptor worker)",
+                    config_key="pre_exec",
+                )
+            return
+        if self.exec_cores is not None and task_slots(task) > self.exec_cores:
+            raise ConfigurationError(
+                f"Task '{uid}' needs {task_slots(task)} cores (ranks * cores_per_rank) but "
+                f"the pilot has {self.exec_cores}",
+                config_key="cores_per_rank" if task["cores_per_rank"] > 1 else "ranks",
+            )
+        if gpus and self.local and task["ranks"] * gpus > total_gpus:
+            raise ConfigurationError(
+                f"Task '{uid}' needs {task['ranks'] * gpus} GPUs but the pilot has "
+                f"{total_gpus} (resources={{'gpus': ...}})",
+                config_key="gpus_per_rank",
+            )
+        if task["ranks"] > 1 and self.local and not (
+            shutil.which("mpiexec") or shutil.which("mpirun")
+        ):
+            raise ConfigurationError(
+                f"Task '{uid}' has ranks={task['ranks']} but no MPI launcher (mpiexec, "
+                "mpirun) is on PATH; install one (Debian: apt-get install mpich)",
+                config_key="ranks",
+            )
+
+    # ---------------------------------------------------------- descriptions
+    def _new_rp_uid(self, uid: str, attempt: int, function: bool) -> str:
+        rp_uid = f"rh.{next(self._rp_counter):06d}"
+        with self._lock:
+            previous = self._current.get(uid)
+            if previous:
+                self._by_rp_uid.pop(previous, None)
+            self._by_rp_uid[rp_uid] = (uid, attempt, function)
+            self._current[uid] = rp_uid
+        return rp_uid
+
+    def _executable_description(self, task: TaskDict) -> Any:
+        executable, arguments = task["executable"], list(task["arguments"])
+        if task["shell"]:
+            command = " ".join([executable, *map(shlex.quote, arguments)])
+            executable, arguments = "/bin/sh", ["-c", command]
+        pre_exec = list(task["pre_exec"])
+        if task.get("cwd"):
+            pre_exec.insert(0, f"cd {shlex.quote(task['cwd'])}")
+        values: dict[str, Any] = {
+            "uid": self._new_rp_uid(task["uid"], self.attempt_of(task["uid"]), False),
+            "name": task["uid"],
+            "mode": rp.TASK_EXECUTABLE,
+            "executable": executable,
+            "arguments": arguments,
+            "ranks": task["ranks"],
+            "cores_per_rank": task["cores_per_rank"],
+            "gpus_per_rank": task["gpus_per_rank"],
+            "environment": dict(task["environment"]),
+            "pre_exec": pre_exec,
+        }
+        values.update(task.get("backend_kwargs") or {})
+        return rp.TaskDescription(values)
+
+    def _function_description(self, task: TaskDict) -> Any:
+        payload = _rp_call.encode_payload(
+            task["function"], task["args"], task["kwargs"], task.get("cwd")
+        )
+        # The serialized form raptor's PythonTask uses: the call runs `run_payload`.
+        wrapped = {"func": pickle.dumps(_rp_call.run_payload), "args": (payload,), "kwargs": {}}
+        values: dict[str, Any] = {
+            "uid": self._new_rp_uid(task["uid"], self.attempt_of(task["uid"]), True),
+            "name": task["uid"],
+            "mode": rp.TASK_FUNCTION,
+            "function": base64.b64encode(pickle.dumps(wrapped)).decode("ascii"),
+            "ranks": 1,
+            "cores_per_rank": task["cores_per_rank"],
+            "gpus_per_rank": task["gpus_per_rank"],
+            "environment": dict(task["environment"]),
+        }
+        values.update(task.get("backend_kwargs") or {})
+        return rp.TaskDescription(values)
+
+    # ---------------------------------------------------------------- launch
+    async def _launch(self, tasks: list[TaskDict]) -> None:
+        if self._pilot_error is not None:
+            raise self._pilot_error
+        executables, functions = [], []
+        for task in tasks:
+            try:
+                if is_function_task(task):
+                    functions.append(self._function_description(task))
+                else:
+                    executables.append(self._executable_description(task))
+            except Exception as error:  # e.g. a function that cannot be pickled
+                self._report(task["uid"], TaskState.FAILED, exception=error)
+        if executables:
+            await asyncio.to_thread(self._tmgr.submit_tasks, executables)
+        if functions:
+            master = await self._ensure_raptor()
+            await asyncio.to_thread(master.submit_tasks, functions)
+
+    def _pythonpath(self) -> str:
+        """The client's import path, so the worker can unpickle the client's functions."""
+        entries = [entry or os.getcwd() for entry in sys.path]
+        return os.pathsep.join(dict.fromkeys(e for e in entries if os.path.isdir(e)))
+
+    async def _ensure_raptor(self) -> Any:
+        assert self._raptor_lock is not None
+        async with self._raptor_lock:
+            if self._raptor_error is not None:
+                raise self._raptor_error
+            if self._master is None:
+                self._master = await asyncio.to_thread(self._start_raptor)
+            return self._master
+
+    def _start_raptor(self) -> Any:
+        config = self.raptor_config
+        assert config is not None
+        environment = {"PYTHONPATH": self._pythonpath()} if self.local else {}
+        master_td = rp.TaskDescription({
+            "uid": f"raptor.{self.run_id}", "mode": rp.RAPTOR_MASTER,
+            "ranks": 1, "cores_per_rank": 1, "environment": dict(environment),
+        })
+        with self._lock:
+            self._raptor_uids.add(master_td.uid)
+        master = self._pilot.submit_raptors([master_td])[0]
+        worker_tds = []
+        for index in range(config["workers"]):
+            worker_td = rp.TaskDescription({
+                "uid": f"{master.uid}.worker.{index}", "mode": rp.RAPTOR_WORKER,
+                "raptor_class": "DefaultWorker", "ranks": 1,
+                "cores_per_rank": config["cores_per_worker"],
+                "gpus_per_rank": config["gpus_per_worker"],
+                "environment": dict(environment),
+            })
+            worker_tds.append(worker_td)
+        with self._lock:
+            self._raptor_uids.update(td.uid for td in worker_tds)
+        self._workers = master.submit_workers(worker_tds)
+        self.timings.setdefault("raptor_submitted", time.monotonic())
+        return master
+
+    # ---------------------------------------------------------------- cancel
+    async def _cancel(self, uids: list[str]) -> None:
+        executables = []
+        with self._lock:
+            for uid in uids:
+                rp_uid = self._current.get(uid)
+                if rp_uid is None or rp_uid not in self._by_rp_uid:
+                    continue
+                if self._by_rp_uid[rp_uid][2]:
+                    # Raptor cannot cancel a function task: stop waiting for it (the
+                    # call runs to its end in the worker; its result is dropped).
+                    self._by_rp_uid.pop(rp_uid, None)
+                    self._report(uid, TaskState.CANCELED)
+                else:
+                    executables.append(rp_uid)
+        if executables and self._tmgr is not None:
+            await asyncio.to_thread(self._tmgr.cancel_tasks, executables)
+
+    # ------------------------------------------------------------- callbacks
+    def _task_callback(self, rp_task: Any, state: str) -> None:
+        """RP's listener thread: translate and hand over; never blocks, never raises."""
+        try:
+            rp_uid = rp_task.uid
+            if rp_uid in self._raptor_uids:
+                self._raptor_callback(rp_task, state)
+                return
+            mapped = RP_TO_TASK_STATE.get(state)
+            if mapped is None or not (mapped is TaskState.EXECUTING or mapped.is_terminal):
+                return
+            with self._lock:
+                entry = self._by_rp_uid.get(rp_uid)
+                if entry is None:
+                    return
+                if mapped.is_terminal:
+                    del self._by_rp_uid[rp_uid]
+            uid, attempt, function = entry
+            if self.attempt_of(uid) != attempt:
+                return  # a late report of an earlier attempt
+            if mapped is TaskState.EXECUTING:
+                self._report(uid, TaskState.EXECUTING)
+            else:
+                state_out, results = self._results(rp_task, mapped, function)
+                self._report(uid, state_out, **results)
+        except Exception:
+            logger.exception("radical_pilot: failed to handle %s -> %s", rp_task.uid, state)
+
+    def _results(self, rp_task: Any, state: TaskState, function: bool) -> tuple[TaskState, dict]:
+        if state is TaskState.CANCELED:
+            return state, {}
+        stdout = self._full_output(rp_task, "out", rp_task.stdout)
+        stderr = self._full_output(rp_task, "err", rp_task.stderr)
+        exit_code = rp_task.exit_code
+        results: dict[str, Any] = {"stdout": stdout, "stderr": stderr, "exit_code": exit_code}
+        if function:
+            results.pop("exit_code")
+            if state is TaskState.COMPLETED and isinstance(rp_task.return_value, str):
+                try:
+                    ok, value = _rp_call.decode_result(rp_task.return_value)
+                except Exception as error:
+                    return TaskState.FAILED, {**results, "exception": BackendError(
+                        f"Could not unpickle the result of {rp_task.uid}: {error!r}",
+                        BACKEND_TYPE)}
+                if ok:
+                    return TaskState.COMPLETED, {**results, "return_value": value}
+                return TaskState.FAILED, {**results, "exception": value}
+        if state is TaskState.COMPLETED:
+            return state, results
+        # FAILED: an exit code says enough; otherwise RP lost the task (pilot, worker).
+        if exit_code in (None, 0) or function:
+            results["exception"] = self._lost_task_error(rp_task)
+        return TaskState.FAILED, results
+
+    def _full_output(self, rp_task: Any, suffix: str, fallback: str | None) -> str:
+        """RP keeps the last 1024 chars; read the whole file from a local sandbox."""
+        if self.local and rp_task.mode == rp.TASK_EXECUTABLE:
+            with contextlib.suppress(Exception):
+                sandbox = ru.Url(rp_task.sandbox).path
+                path = Path(sandbox) / f"{rp_task.uid}.{suffix}"
+                if path.is_file():
+                    return path.read_text(errors="replace")
+        return fallback or ""
+
+    def _lost_task_error(self, rp_task: Any) -> BackendError:
+        if self._pilot_error is not None:
+            return self._pilot_error
+        pilot_state = self._pilot.state if self._pilot is not None else None
+        if pilot_state in rp.FINAL:
+            return self._pilot_lost(pilot_state)
+        if self._raptor_error is not None and rp_task.mode == rp.TASK_FUNCTION:
+            return self._raptor_error
+        return BackendError(
+            f"RADICAL-Pilot failed task {rp_task.uid} ({rp_task.name}): "
+            f"{rp_task.exception or 'no reason given'}",
+            BACKEND_TYPE,
+            details={"rp_uid": rp_task.uid, "exception_detail": rp_task.exception_detail},
+        )
+
+    def _pilot_lost(self, state: str | None) -> BackendError:
+        pilot = self._pilot
+        runtime = self.resources.get("runtime")
+        reason = ""
+        with contextlib.suppress(Exception):
+            reason = (pilot.stderr or "").strip()[-500:]
+        hint = (
+            f"it ran out of its runtime of {runtime} min (resources={{'runtime': ...}})"
+            if state == rp.DONE
+            else f"see {pilot.pilot_sandbox if pilot else 'the pilot sandbox'}"
+        )
+        return BackendError(
+            f"RADICAL-Pilot pilot {getattr(pilot, 'uid', '?')} on "
+            f"{self.resources['resource']} ended in state {state}: {hint}; its unfinished "
+            f"tasks failed" + (f"\n{reason}" if reason else ""),
+            BACKEND_TYPE,
+            details={"pilot_state": state},
+        )
+
+    def _pilot_callback(self, pilot: Any, state: str) -> None:
+        try:
+            if state == rp.PMGR_ACTIVE:
+                self.timings.setdefault("pilot_active", time.monotonic())
+            if state not in rp.FINAL or self._closing:
+                return
+            self._pilot_error = self._pilot_lost(state)
+            logger.error("%s", self._pilot_error.message)
+            self._fail_outstanding(self._pilot_error)
+        except Exception:
+            logger.exception("radical_pilot: failed to handle pilot state %s", state)
+
+    def _raptor_callback(self, rp_task: Any, state: str) -> None:
+        if state == rp.AGENT_EXECUTING:
+            self.timings.setdefault(f"{rp_task.uid}_executing", time.monotonic())
+        if state not in rp.FINAL or self._closing:
+            return
+        detail = (rp_task.stderr or rp_task.stdout or "").strip()[-500:]
+        error = BackendError(
+            f"The raptor {'master' if rp_task.mode == rp.RAPTOR_MASTER else 'worker'} "
+            f"{rp_task.uid} ended in state {state}; function tasks cannot run"
+            + (f"\n{detail}" if detail else ""),
+            BACKEND_TYPE,
+        )
+        self._raptor_error = error
+        with self._lock:
+            lost = [(rp_uid, entry) for rp_uid, entry in self._by_rp_uid.items() if entry[2]]
+            for rp_uid, _ in lost:
+                del self._by_rp_uid[rp_uid]
+        for _, (uid, _, _) in lost:
+            self._report(uid, TaskState.FAILED, exception=error)
+
+    # -------------------------------------------------------------- shutdown
+    async def _shutdown(self) -> None:
+        await asyncio.to_thread(self._close_blocking)
+
+    def _close_blocking(self) -> None:
+        self._closing = True
+        t0 = time.monotonic()
+        session = self._session
+        if session is not None:
+            closer = threading.Thread(
+                target=self._close_session, args=(session,), daemon=True, name="rp-close"
+            )
+            closer.start()
+            closer.join(CLOSE_TIMEOUT)
+            if closer.is_alive():
+                logger.warning("radical_pilot: session.close() still busy after %ss; "
+                               "killing its processes", CLOSE_TIMEOUT)
+        with contextlib.suppress(Exception):
+            reaped = reap_run(self.run_id)
+            if reaped:
+                logger.debug("radical_pilot: reaped %d leftover processes", reaped)
+        _live_runs.discard(self)
+        self.timings["close"] = time.monotonic() - t0
+        if not self.keep_sandbox:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+            if self._default_work_dir:  # leave no empty ./.rhapsody behind
+                for directory in (self.work_dir, self.work_dir.parent):
+                    with contextlib.suppress(OSError):
+                        directory.rmdir()
+        else:
+            logger.info("radical_pilot: kept session and sandboxes in %s", self.run_dir)
+
+    @staticmethod
+    def _close_session(session: Any) -> None:
+        try:
+            session.close(download=False, terminate=True)
+        except Exception:
+            logger.exception("radical_pilot: session.close() failed")
+
+    @property
+    def pilot_sandbox(self) -> str | None:
+        return None if self._pilot is None else ru.Url(self._pilot.pilot_sandbox).path
+
+    def __repr__(self) -> str:
+        return (f"RadicalPilotBackend(resource={self.resources['resource']!r}, "
+                f"run_dir={str(self.run_dir)!r})")
+
+
+__all__ = [
+    "RP_TO_TASK_STATE",
+    "TASK_STATE_TO_RP",
+    "RadicalPilotBackend",
+    "availability",
+    "reap_orphans",
+    "validate_raptor",
+    "validate_resources",
+]

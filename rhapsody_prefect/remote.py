@@ -1,0 +1,212 @@
+"""What runs on the backend for a Prefect task body: the call, plus log capture.
+
+The Prefect engine stays in the flow process; only the body travels. So that
+`get_run_logger()` and `print` (with `log_prints=True`) inside the body still
+reach the task run's logs, `run_body` gives the body a minimal task-run
+context, captures the records and printed lines, and ships them back with the
+result for the flow side to replay:
+
+    outcome = run_body(fn, args, kwargs, BodyContext(task_run=..., task_name="t"))
+    outcome.value, outcome.logs        # a BodyError carries .logs when fn raised
+
+This module imports Prefect only when the body's process already has it loaded
+(a body that calls `get_run_logger()` imports Prefect itself).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import dataclasses
+import io
+import logging
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, TextIO
+
+from .calls import call_function, portable_exception
+
+RUN_LOGGER_NAMES = ("prefect.task_runs", "prefect.flow_runs")
+
+
+@dataclasses.dataclass(frozen=True)
+class LogLine:
+    """One captured log record, reduced to what the flow side replays."""
+
+    created: float
+    levelno: int
+    message: str
+
+
+@dataclasses.dataclass(frozen=True)
+class BodyContext:
+    """What the body needs to know about its Prefect task run."""
+
+    task_run: Any  # prefect.client.schemas.objects.TaskRun
+    task_name: str
+    log_prints: bool = False
+    #: The flow side's level for run loggers; the body's loggers capture from it up.
+    log_level: int = logging.INFO
+
+
+@dataclasses.dataclass
+class BodyOutcome:
+    value: Any
+    logs: list[LogLine]
+
+
+class BodyError(Exception):
+    """The body raised `error`; `logs` were captured before it did."""
+
+    def __init__(self, error: BaseException, logs: list[LogLine]) -> None:
+        super().__init__(error, logs)
+        self.error = error
+        self.logs = logs
+
+    def __str__(self) -> str:
+        return f"{type(self.error).__name__}: {self.error}"
+
+
+_capture: contextvars.ContextVar[list[LogLine] | None] = contextvars.ContextVar(
+    "rhapsody_log_capture", default=None
+)
+_print_capture: contextvars.ContextVar[_PrintBuffer | None] = contextvars.ContextVar(
+    "rhapsody_print_capture", default=None
+)
+_install_lock = threading.Lock()
+_filters_installed = False
+
+
+class _CaptureFilter(logging.Filter):
+    """On the run loggers: a record logged inside a captured body is kept for replay."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        buffer = _capture.get()
+        if buffer is None:
+            return True
+        buffer.append(LogLine(record.created, record.levelno, record.getMessage()))
+        return False  # replayed on the flow side, once
+
+
+class _PrintBuffer:
+    def __init__(self, logs: list[LogLine]) -> None:
+        self.logs = logs
+        self.pending = io.StringIO()
+
+    def write(self, text: str) -> None:
+        self.pending.write(text)
+        if text.endswith("\n"):
+            self.flush()
+
+    def flush(self) -> None:
+        text = self.pending.getvalue().rstrip("\n")
+        self.pending = io.StringIO()
+        if text:
+            self.logs.append(LogLine(time.time(), logging.INFO, text))
+
+
+class _StdoutRouter(io.TextIOBase):
+    """sys.stdout stand-in: writes from a capturing body go to its buffer, others pass."""
+
+    def __init__(self, target: TextIO) -> None:
+        self.target = target
+
+    def write(self, text: str) -> int:
+        buffer = _print_capture.get()
+        if buffer is None:
+            return self.target.write(text)
+        buffer.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        if _print_capture.get() is None:
+            self.target.flush()
+
+    def fileno(self) -> int:
+        return self.target.fileno()
+
+    def isatty(self) -> bool:
+        return self.target.isatty()
+
+
+def _install_capture_hooks(log_prints: bool, log_level: int) -> None:
+    global _filters_installed
+    with _install_lock:
+        for name in RUN_LOGGER_NAMES:
+            run_logger = logging.getLogger(name)
+            if not _filters_installed:
+                run_logger.addFilter(_CaptureFilter())
+            if run_logger.getEffectiveLevel() > log_level:
+                # In a worker process Prefect's logging config is absent (root: WARNING).
+                run_logger.setLevel(log_level)
+        _filters_installed = True
+        if log_prints and not isinstance(sys.stdout, _StdoutRouter):
+            sys.stdout = _StdoutRouter(sys.stdout)
+
+
+@contextlib.contextmanager
+def _task_run_context(context: BodyContext) -> Iterator[None]:
+    """A minimal TaskRunContext so get_run_logger() works inside the body."""
+    if "prefect" not in sys.modules:
+        yield
+        return
+    from prefect.context import FlowRunContext, TaskRunContext
+
+    from .inline import InlineTaskRunner
+
+    if TaskRunContext.get() is not None:  # already inside a real run context
+        yield
+        return
+    with contextlib.ExitStack() as stack:
+        if FlowRunContext.get() is None:
+            stack.enter_context(FlowRunContext.model_construct(task_runner=InlineTaskRunner()))
+        stack.enter_context(TaskRunContext.model_construct(
+            task=_TaskName(context.task_name),
+            task_run=context.task_run,
+            log_prints=context.log_prints,
+            parameters={},
+        ))
+        yield
+
+
+@dataclasses.dataclass(frozen=True)
+class _TaskName:
+    name: str
+
+
+def run_body(
+    fn: Callable[..., Any],
+    args: Sequence[Any],
+    kwargs: Mapping[str, Any],
+    context: BodyContext | None = None,
+) -> BodyOutcome:
+    """Call the body; capture its run-logger records and (optionally) its prints.
+
+    Raises:
+        BodyError: the body raised; carries the (portable) error and the logs.
+    """
+    if context is None:
+        return BodyOutcome(call_function(fn, args, kwargs), [])
+    logs: list[LogLine] = []
+    _install_capture_hooks(context.log_prints, context.log_level)
+    log_token = _capture.set(logs)
+    printer = _PrintBuffer(logs) if context.log_prints else None
+    print_token = _print_capture.set(printer)
+    try:
+        with _task_run_context(context):
+            value = call_function(fn, args, kwargs)
+    except BaseException as error:
+        if printer:
+            printer.flush()
+        raise BodyError(portable_exception(error), logs) from None
+    finally:
+        _print_capture.reset(print_token)
+        _capture.reset(log_token)
+    if printer:
+        printer.flush()
+    return BodyOutcome(value, logs)
+
+
+__all__ = ["BodyContext", "BodyError", "BodyOutcome", "LogLine", "run_body"]
