@@ -23,7 +23,8 @@ import shlex
 import shutil
 import signal
 import subprocess
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from .exceptions import ConfigurationError
@@ -90,11 +91,22 @@ def _decode(data: bytes | None) -> str:
     return (data or b"").decode(errors="replace")
 
 
-def run_command(task: Mapping[str, Any], timeout: float | None = None) -> CommandResult:
+def run_command(
+    task: Mapping[str, Any],
+    timeout: float | None = None,
+    *,
+    stop: Callable[[], bool] | None = None,
+    poll_interval: float = 0.1,
+) -> CommandResult:
     """Run the task's command to completion in this thread.
+
+    `stop`, if given, is polled every `poll_interval` seconds; when it returns
+    True the command's process group is killed and CommandStopped is raised
+    (used by remote workers that learn of a cancel while the command runs).
 
     Raises:
         subprocess.TimeoutExpired: after `timeout` seconds (the process group is killed).
+        CommandStopped: `stop()` returned True (the process group is killed).
         FileNotFoundError: the executable does not exist.
     """
     process = subprocess.Popen(
@@ -107,7 +119,10 @@ def run_command(task: Mapping[str, Any], timeout: float | None = None) -> Comman
         start_new_session=True,
     )
     try:
-        stdout, stderr = process.communicate(timeout=timeout)
+        if stop is None:
+            stdout, stderr = process.communicate(timeout=timeout)
+        else:
+            stdout, stderr = _communicate_until_stopped(process, timeout, stop, poll_interval)
     except BaseException:
         kill_process_group(process.pid)
         process.communicate()
@@ -115,6 +130,30 @@ def run_command(task: Mapping[str, Any], timeout: float | None = None) -> Comman
     finally:
         kill_process_group(process.pid)  # whatever the command left running in its group
     return CommandResult(process.returncode, _decode(stdout), _decode(stderr))
+
+
+class CommandStopped(Exception):
+    """`run_command(..., stop=...)` killed the command because `stop()` returned True."""
+
+
+def _communicate_until_stopped(
+    process: subprocess.Popen[bytes],
+    timeout: float | None,
+    stop: Callable[[], bool],
+    poll_interval: float,
+) -> tuple[bytes, bytes]:
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        wait = poll_interval if deadline is None else min(
+            poll_interval, max(deadline - time.monotonic(), 0.0)
+        )
+        try:
+            return process.communicate(timeout=wait)  # retrying loses no output
+        except subprocess.TimeoutExpired:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise subprocess.TimeoutExpired(process.args, timeout) from None
+            if stop():
+                raise CommandStopped(f"Command {process.args!r} was stopped") from None
 
 
 async def run_command_async(task: Mapping[str, Any]) -> CommandResult:
@@ -146,6 +185,7 @@ async def run_command_async(task: Mapping[str, Any]) -> CommandResult:
 
 __all__ = [
     "CommandResult",
+    "CommandStopped",
     "command_argv",
     "command_env",
     "kill_process_group",

@@ -14,8 +14,10 @@ Kept free of heavy imports: a worker imports it once per task process.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
+import threading
 from typing import Any
 
 import cloudpickle
@@ -34,7 +36,7 @@ def run_payload(payload: bytes) -> str:
         function, args, kwargs, cwd = cloudpickle.loads(payload)
         if cwd:
             os.chdir(cwd)
-        outcome: tuple[bool, Any] = (True, call_function(function, args, kwargs))
+        outcome: tuple[bool, Any] = (True, _call(function, args, kwargs))
     except BaseException as error:  # report everything, SystemExit included
         outcome = (False, portable_exception(error))
     try:
@@ -43,6 +45,28 @@ def run_payload(payload: bytes) -> str:
         failure = RemoteError(f"The task's return value could not be pickled: {error!r}")
         data = cloudpickle.dumps((False, failure))
     return base64.b64encode(data).decode("ascii")
+
+
+def _call(function: Any, args: Any, kwargs: Any) -> Any:
+    """`call_function`, off the raptor worker's own event loop when one is running."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return call_function(function, args, kwargs)
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = call_function(function, args, kwargs)
+        except BaseException as error:
+            box["error"] = error
+
+    thread = threading.Thread(target=target, name="rhapsody-call")
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box.get("value")
 
 
 def decode_result(text: str) -> tuple[bool, Any]:

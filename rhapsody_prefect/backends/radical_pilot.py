@@ -52,14 +52,19 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 import weakref
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import psutil
-import radical.pilot as rp
-import radical.utils as ru
+
+with warnings.catch_warnings():
+    # radical.utils warns when `logging` was imported first (Prefect, pytest do).
+    warnings.filterwarnings("ignore", message=".*before `logging`")
+    import radical.pilot as rp
+    import radical.utils as ru
 
 from ..constants import TaskState
 from ..exceptions import BackendError, ConfigurationError
@@ -413,7 +418,10 @@ class RadicalPilotBackend(ExecutionBackend):
         self._rp_counter = itertools.count(1)
         self._by_rp_uid: dict[str, tuple[str, int, bool]] = {}  # rp uid -> uid, attempt, fn?
         self._current: dict[str, str] = {}  # uid -> rp uid of its running attempt
+        #: Seconds since start() began: session, pilot_submitted, pilot_active, raptor_*,
+        #: and close (duration of the shutdown).
         self.timings: dict[str, float] = {}
+        self._t0 = time.monotonic()
 
     # ------------------------------------------------------------------ start
     def _raptor_cores(self) -> int:
@@ -482,8 +490,11 @@ class RadicalPilotBackend(ExecutionBackend):
         rcfg = _known_resources()[self.resources["resource"]]
         return int(self.resources.get("nodes", 1)) * int(rcfg.get("cores_per_node") or 1)
 
+    def _mark(self, name: str) -> None:
+        self.timings.setdefault(name, round(time.monotonic() - self._t0, 3))
+
     def _start_blocking(self) -> None:
-        t0 = time.monotonic()
+        self._t0 = time.monotonic()
         missing = _helpers_missing()
         if missing:
             raise ConfigurationError(availability()[1], config_key="PATH")
@@ -500,14 +511,14 @@ class RadicalPilotBackend(ExecutionBackend):
                "client_sandbox": str(self.run_dir / "client")}
         with _patched_environ(self._environment()):
             self._session = rp.Session(uid=self.run_id, cfg=cfg)
-            self.timings["session"] = time.monotonic() - t0
+            self._mark("session")
             self._pmgr = rp.PilotManager(session=self._session)
             self._tmgr = rp.TaskManager(session=self._session)
             self._tmgr.register_callback(self._task_callback)
             self._pilot = self._pmgr.submit_pilots(self._pilot_description())
             self._pilot.register_callback(self._pilot_callback)
             self._tmgr.add_pilots(self._pilot)
-        self.timings["pilot_submitted"] = time.monotonic() - t0
+        self._mark("pilot_submitted")
 
     async def _start(self) -> None:
         self._raptor_lock = asyncio.Lock()
@@ -706,7 +717,7 @@ class RadicalPilotBackend(ExecutionBackend):
         with self._lock:
             self._raptor_uids.update(td.uid for td in worker_tds)
         self._workers = master.submit_workers(worker_tds)
-        self.timings.setdefault("raptor_submitted", time.monotonic())
+        self._mark("raptor_submitted")
         return master
 
     # ---------------------------------------------------------------- cancel
@@ -828,7 +839,7 @@ class RadicalPilotBackend(ExecutionBackend):
     def _pilot_callback(self, pilot: Any, state: str) -> None:
         try:
             if state == rp.PMGR_ACTIVE:
-                self.timings.setdefault("pilot_active", time.monotonic())
+                self._mark("pilot_active")
             if state not in rp.FINAL or self._closing:
                 return
             self._pilot_error = self._pilot_lost(state)
@@ -839,7 +850,8 @@ class RadicalPilotBackend(ExecutionBackend):
 
     def _raptor_callback(self, rp_task: Any, state: str) -> None:
         if state == rp.AGENT_EXECUTING:
-            self.timings.setdefault(f"{rp_task.uid}_executing", time.monotonic())
+            self._mark("raptor_master_running" if rp_task.mode == rp.RAPTOR_MASTER
+                       else "raptor_worker_running")
         if state not in rp.FINAL or self._closing:
             return
         detail = (rp_task.stderr or rp_task.stdout or "").strip()[-500:]
