@@ -44,7 +44,9 @@ BACKEND_SPECS = [
     pytest.param("concurrent_thread", id="concurrent-thread"),
     pytest.param("concurrent_process", id="concurrent-process"),
     pytest.param("dask", id="dask", marks=pytest.mark.dask),
-    pytest.param("radical_pilot", id="radical_pilot", marks=[pytest.mark.radical_pilot, pytest.mark.slow]),
+    pytest.param(
+        "radical_pilot", id="radical_pilot", marks=[pytest.mark.radical_pilot, pytest.mark.slow]
+    ),
 ]
 
 

@@ -11,7 +11,9 @@ from collections.abc import Callable
 def record_states(backend) -> dict[str, list[str]]:
     """Register a callback on `backend`; returns uid -> list of states seen, in order."""
     seen: dict[str, list[str]] = {}
-    backend.register_callback(lambda task, state: seen.setdefault(task["uid"], []).append(str(state)))
+    backend.register_callback(
+        lambda task, state: seen.setdefault(task["uid"], []).append(str(state))
+    )
     return seen
 
 

@@ -97,7 +97,8 @@ async def test_functions_async_functions_and_executables(backend):
     assert (by_uid["cmd"]["exit_code"], by_uid["cmd"]["stdout"], by_uid["cmd"]["stderr"]) == (
         0, "out\n", "err\n"
     )
-    assert by_uid["exit3"]["state"] == TaskState.FAILED and by_uid["exit3"]["exit_code"] == 3
+    assert by_uid["exit3"]["state"] == TaskState.FAILED
+    assert by_uid["exit3"]["exit_code"] == 3
     assert isinstance(by_uid["raise"]["exception"], ValueError)
     assert "marker-77" in str(by_uid["raise"]["exception"])
     assert "Remote traceback" in "".join(getattr(by_uid["raise"]["exception"], "__notes__", []))

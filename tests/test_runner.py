@@ -10,8 +10,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
-import pathlib
-import signal
 import time
 
 import cloudpickle

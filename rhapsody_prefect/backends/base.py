@@ -34,6 +34,7 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
+import functools
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Generator, Iterable
@@ -321,6 +322,7 @@ class ExecutionBackend(BaseExecutionBackend):
             self._task_dicts[task["uid"]] = task
             self._notify(task, TaskState.NEW)
             record.driver = loop.create_task(self._drive(record))
+            record.driver.add_done_callback(functools.partial(self._driver_done, record))
 
     async def wait(self, timeout: float | None = None) -> None:
         """Wait for every submitted task; raise TaskError for a task that failed.
@@ -450,6 +452,11 @@ class ExecutionBackend(BaseExecutionBackend):
                 f"Internal error in the {self.backend_type} backend: {error!r}", self.backend_type
             ))
         self._finish(record, outcome)
+
+    def _driver_done(self, record: _Record, driver: asyncio.Task[None]) -> None:
+        # A driver cancelled before its first step never ran _drive: finish it here.
+        if driver.cancelled() and not TaskState(record.task["state"]).is_terminal:
+            self._finish(record, Outcome(TaskState.CANCELED))
 
     async def _run_attempts(self, record: _Record) -> Outcome:
         task = record.task

@@ -1,0 +1,213 @@
+"""An HPC-style ensemble: N simulations as executables, Python analysis, one aggregate.
+
+    python flows/ensemble.py                                 # concurrent backend, 4 members
+    python flows/ensemble.py --backend dask --members 8 --workers 2
+    python flows/ensemble.py --backend radical_pilot --members 4 --samples 50000
+
+    from flows.ensemble import ensemble, runner_for
+    summary = ensemble.with_options(task_runner=runner_for("dask", workers=2))(members=8)
+
+Each ensemble member is a *command* (`executable_task`): a small self-contained
+Monte Carlo "simulation" (`python -c ...`, the Python that runs this flow)
+that throws `samples` random points at the unit square with its own seed and
+writes `member-XXX.json` into the work directory. Each member asks the backend
+for its resources (one rank, `--cores` cores, an environment). A Python task
+per member then reads and checks that output file and estimates pi from it,
+and a last task aggregates the members (total hits over total samples).
+
+The backend comes from `--backend`, or from the `RHAPSODY_BACKEND` environment
+variable when the flow is started by a deployment (default `concurrent`, which
+needs nothing else started). A backend that cannot run here fails with the
+library's own error (`rhapsody-prefect backends` says why).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import pathlib
+import sys
+import tempfile
+import time
+from typing import Any
+
+import cloudpickle
+from prefect import flow, get_run_logger, task
+
+from rhapsody_prefect import ExecutableResult, RhapsodyRunner, executable_task, task_resources
+
+# Deployments load this file under a generated module name that backend worker
+# processes cannot import: ship this module's functions by value.
+if __name__ != "__main__":
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+BACKEND_ENV = "RHAPSODY_BACKEND"
+BACKENDS = ("concurrent", "dask", "radical_pilot")
+
+#: The "simulation": argv is [seed, samples, output path]. Needs only the standard library.
+SIMULATION = """\
+import json, os, random, sys, time
+seed, samples, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+rng = random.Random(seed)
+hits = 0
+for _ in range(samples):
+    x, y = rng.random(), rng.random()
+    hits += x * x + y * y <= 1.0
+result = {"seed": seed, "samples": samples, "hits": hits,
+          "member": os.environ.get("ENSEMBLE_MEMBER"), "host": os.uname().nodename,
+          "pid": os.getpid(), "finished": time.time()}
+tmp = out + ".part"
+with open(tmp, "w") as f:
+    json.dump(result, f)
+os.replace(tmp, out)
+print(f"member {result['member']}: {hits}/{samples} hits")
+"""
+
+
+def runner_for(
+    backend: str = "concurrent",
+    workers: int | None = None,
+    backend_kwargs: dict[str, Any] | None = None,
+) -> RhapsodyRunner:
+    """A RhapsodyRunner for `backend`, sized to `workers` parallel tasks when given."""
+    kwargs: dict[str, Any] = dict(backend_kwargs or {})
+    if workers is not None:
+        if backend == "concurrent":
+            kwargs.setdefault("max_workers", workers)
+        elif backend == "dask":
+            kwargs.setdefault("resources", {"threads": workers})
+        elif backend == "radical_pilot":
+            kwargs.setdefault("resources", {"cores": workers})
+    return RhapsodyRunner(backend, **kwargs)
+
+
+def member_seed(base_seed: int, member: int) -> int:
+    return base_seed * 1000 + member
+
+
+@executable_task(retries=1, tags=["simulation"])
+def simulate(
+    member: int, seed: int, samples: int, workdir: str, cores: int = 1
+) -> dict[str, Any]:
+    """One ensemble member: the command, its resources and environment."""
+    out = pathlib.Path(workdir) / f"member-{member:03d}.json"
+    return {
+        "executable": sys.executable,
+        "arguments": ["-c", SIMULATION, str(seed), str(samples), str(out)],
+        "ranks": 1,
+        "cores_per_rank": cores,
+        "environment": {"ENSEMBLE_MEMBER": str(member), "OMP_NUM_THREADS": str(cores)},
+        "cwd": workdir,
+    }
+
+
+@task(tags=["analysis"])
+@task_resources(cores_per_rank=1)
+def analyse(member: int, workdir: str, simulation: ExecutableResult) -> dict[str, Any]:
+    """Read and check one member's output; estimate pi from it."""
+    path = pathlib.Path(workdir) / f"member-{member:03d}.json"
+    data = json.loads(path.read_text())
+    if not 0 <= data["hits"] <= data["samples"]:
+        raise ValueError(f"{path}: impossible hit count {data['hits']}/{data['samples']}")
+    print(f"member {member}: {simulation.stdout.strip()}")
+    return {
+        "member": member,
+        "seed": data["seed"],
+        "samples": data["samples"],
+        "hits": data["hits"],
+        "pi": 4.0 * data["hits"] / data["samples"],
+        "host": data["host"],
+    }
+
+
+@task(tags=["aggregate"])
+def aggregate(analyses: list[dict[str, Any]]) -> dict[str, Any]:
+    """Combine the members: pooled estimate, spread, error against math.pi."""
+    samples = sum(a["samples"] for a in analyses)
+    hits = sum(a["hits"] for a in analyses)
+    estimates = [a["pi"] for a in analyses]
+    mean = sum(estimates) / len(estimates)
+    spread = math.sqrt(sum((e - mean) ** 2 for e in estimates) / len(estimates))
+    pi = 4.0 * hits / samples
+    return {
+        "members": len(analyses),
+        "samples": samples,
+        "hits": hits,
+        "pi": pi,
+        "error": abs(pi - math.pi),
+        "member_spread": spread,
+        "per_member": sorted(analyses, key=lambda a: a["member"]),
+    }
+
+
+@flow(
+    name="ensemble",
+    task_runner=RhapsodyRunner(os.environ.get(BACKEND_ENV, "concurrent")),
+    log_prints=True,
+)
+def ensemble(
+    members: int = 4,
+    samples: int = 20_000,
+    seed: int = 7,
+    cores: int = 1,
+    workdir: str | None = None,
+) -> dict[str, Any]:
+    """Run `members` simulations, analyse each, aggregate them all."""
+    if members < 1 or samples < 1:
+        raise ValueError("members and samples must be >= 1")
+    logger = get_run_logger()
+    work = pathlib.Path(workdir or tempfile.mkdtemp(prefix="rhapsody-ensemble-")).absolute()
+    work.mkdir(parents=True, exist_ok=True)
+    logger.info("Ensemble of %d members x %d samples in %s", members, samples, work)
+
+    simulations = [
+        simulate.submit(m, member_seed(seed, m), samples, str(work), cores)
+        for m in range(members)
+    ]
+    analyses = [
+        analyse.submit(m, str(work), simulations[m]) for m in range(members)
+    ]
+    summary = aggregate.submit(analyses).result()
+    summary["workdir"] = str(work)
+    logger.info(
+        "pi ~ %.5f (error %.5f) from %d samples in %d members",
+        summary["pi"], summary["error"], summary["samples"], summary["members"],
+    )
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--backend", choices=BACKENDS,
+                        default=os.environ.get(BACKEND_ENV, "concurrent"))
+    parser.add_argument("--members", type=int, default=4, help="ensemble size (default 4)")
+    parser.add_argument("--samples", type=int, default=20_000, help="samples per member")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--cores", type=int, default=1, help="cores per simulation")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="parallel tasks on the backend (backend default if omitted)")
+    parser.add_argument("--backend-kwargs", type=json.loads, default=None, metavar="JSON",
+                        help='extra backend options, e.g. \'{"address": "tcp://host:8786"}\'')
+    parser.add_argument("--workdir", default=None, help="output directory (default: a temp dir)")
+    args = parser.parse_args(argv)
+
+    runner = runner_for(args.backend, args.workers, args.backend_kwargs)
+    started = time.perf_counter()
+    summary = ensemble.with_options(task_runner=runner)(
+        members=args.members, samples=args.samples, seed=args.seed, cores=args.cores,
+        workdir=args.workdir,
+    )
+    elapsed = time.perf_counter() - started
+    for entry in summary["per_member"]:
+        print(f"  member {entry['member']:3d}  seed {entry['seed']:6d}  "
+              f"pi {entry['pi']:.5f}  on {entry['host']}")
+    print(f"{summary['members']} members, {summary['samples']} samples: pi ~ {summary['pi']:.5f} "
+          f"(error {summary['error']:.5f}) on {args.backend} in {elapsed:.1f} s; "
+          f"outputs in {summary['workdir']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
