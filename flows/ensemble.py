@@ -111,7 +111,7 @@ def analyse(member: int, workdir: str, simulation: ExecutableResult) -> dict[str
     data = json.loads(path.read_text())
     if not 0 <= data["hits"] <= data["samples"]:
         raise ValueError(f"{path}: impossible hit count {data['hits']}/{data['samples']}")
-    print(f"member {member}: {simulation.stdout.strip()}")
+    print(simulation.stdout.strip())
     return {
         "member": member,
         "seed": data["seed"],

@@ -35,7 +35,7 @@ from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
 
 from prefect._internal.uuid7 import uuid7
-from prefect.context import TaskRunContext
+from prefect.context import AsyncClientContext, TaskRunContext
 from prefect.futures import PrefectConcurrentFuture, PrefectFuture
 from prefect.logging import get_run_logger
 from prefect.states import Cancelled, Crashed, State
@@ -149,6 +149,7 @@ class RhapsodyRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
     def _reset_runtime(self) -> None:
         self._loop_thread: _LoopThread | None = None
         self._backend: BaseExecutionBackend | None = None
+        self._client_context: AsyncClientContext | None = None
         self._backend_lock = threading.Lock()
         self._watches: dict[str, _Watch] = {}
         self._inflight: set[concurrent.futures.Future[Any]] = set()
@@ -180,8 +181,8 @@ class RhapsodyRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        for key in ("_loop_thread", "_backend", "_backend_lock", "_watches", "_inflight",
-                    "_children"):
+        for key in ("_loop_thread", "_backend", "_client_context", "_backend_lock", "_watches",
+                    "_inflight", "_children"):
             state.pop(key, None)
         state["_started"] = False
         return state
@@ -197,6 +198,13 @@ class RhapsodyRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         self._loop_thread = _LoopThread(name=f"rhapsody-{self.backend_name}-runner")
         return self
 
+    async def _open_client(self) -> AsyncClientContext:
+        # Opened and closed by hand: the context model's own __aexit__ resets a
+        # contextvar token, which only works in the context that entered it.
+        client_context = AsyncClientContext()
+        await client_context.client.__aenter__()
+        return client_context
+
     def __exit__(self, exc_type: Any, exc_value: Any, traceback: Any) -> None:
         loop_thread = self._loop_thread
         try:
@@ -205,8 +213,11 @@ class RhapsodyRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
             concurrent.futures.wait(list(self._inflight))
             if loop_thread is not None and self._backend is not None:
                 loop_thread.call(self._backend.terminate())
+            if loop_thread is not None and self._client_context is not None:
+                loop_thread.call(self._client_context.client.__aexit__(None, None, None))
         finally:
             self._backend = None
+            self._client_context = None
             if loop_thread is not None:
                 loop_thread.stop()
             self._loop_thread = None
@@ -232,7 +243,10 @@ class RhapsodyRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         engine_run = self._run_task(
             backend, task, task_run_id, parameters, list(wait_for or []), dependencies
         )
-        future = self._loop_thread.spawn(engine_run, contextvars.copy_context())
+        context = contextvars.copy_context()
+        # One API client for every task run on the loop, instead of one each.
+        context.run(AsyncClientContext.__var__.set, self._client_context)
+        future = self._loop_thread.spawn(engine_run, context)
         self._inflight.add(future)
         future.add_done_callback(self._inflight.discard)
         return PrefectConcurrentFuture(task_run_id=task_run_id, wrapped_future=future)
@@ -258,6 +272,7 @@ class RhapsodyRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
                 backend = get_backend(self.backend_name, *self.backend_args, **self.backend_kwargs)
                 backend.register_callback(self._on_backend_state)
                 self._backend = backend
+                self._client_context = self._loop_thread.call(self._open_client())
                 try:
                     self._loop_thread.call(backend.start())
                 except BackendError:

@@ -140,9 +140,31 @@ def dask_cluster() -> Iterator[object]:
         cluster.close()
 
 
+def _busy_threads(dask_worker) -> int:
+    return len(dask_worker.active_threads)
+
+
+def settle(address: str, grace: float = 2.0) -> None:
+    """Leave a shared cluster idle for the next test.
+
+    A cancelled Python function keeps running in its worker thread (threads cannot
+    be killed); give such leftovers `grace` seconds, then restart the workers.
+    """
+    from distributed import Client
+
+    with Client(address, set_as_default=False, timeout="30s") as client:
+        deadline = time.monotonic() + grace
+        while sum(client.run(_busy_threads).values()):
+            if time.monotonic() > deadline:
+                client.restart(wait_for_workers=True, timeout=120)
+                break
+            time.sleep(0.1)
+
+
 @pytest.fixture
-def dask_backend_spec(dask_cluster) -> tuple[str, dict]:
-    return "dask", {"address": dask_cluster.scheduler_address}
+def dask_backend_spec(dask_cluster) -> Iterator[tuple[str, dict]]:
+    yield "dask", {"address": dask_cluster.scheduler_address}
+    settle(dask_cluster.scheduler_address)
 
 
 @pytest.fixture
@@ -177,5 +199,6 @@ def dask_process_pair() -> Iterator[DaskPair]:
 
 
 @pytest.fixture
-def dask_pair_backend_spec(dask_process_pair) -> tuple[str, dict]:
-    return "dask", {"address": dask_process_pair.address}
+def dask_pair_backend_spec(dask_process_pair) -> Iterator[tuple[str, dict]]:
+    yield "dask", {"address": dask_process_pair.address}
+    settle(dask_process_pair.address)

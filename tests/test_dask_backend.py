@@ -212,10 +212,15 @@ async def test_missing_gpu_on_plain_cluster_is_refused_before_running(dask_backe
             ])
         assert info.value.config_key == "gpus_per_rank"
         assert "GPU" in str(info.value)
-        # cores are not a declared resource here: Dask runs the task on one thread
-        await backend.submit_tasks([{"uid": "cores", "function": where_am_i, "cores_per_rank": 4}])
+        # cores are not a declared resource here: more cores than a worker has
+        # threads is refused, otherwise the task runs without resource restrictions
+        with pytest.raises(ConfigurationError) as info:
+            await backend.submit_tasks([{"function": where_am_i, "cores_per_rank": 2}])
+        assert info.value.config_key == "cores_per_rank"
+        assert "threads" in str(info.value)
+        await backend.submit_tasks([{"uid": "one-core", "function": where_am_i}])
         await backend.wait(timeout=60)
-        assert backend.get_task("cores")["return_value"]["restrictions"] == {}
+        assert backend.get_task("one-core")["return_value"]["restrictions"] == {}
         assert not marker.exists()
     finally:
         await backend.terminate()

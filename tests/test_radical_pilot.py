@@ -150,6 +150,8 @@ async def test_executable_results(backend: RadicalPilotBackend, tmp_path: Path) 
         {"uid": "x.shell", "executable": "echo hi | tr a-z A-Z", "shell": True},
         {"uid": "x.pre", "executable": "/bin/sh", "arguments": ["-c", "echo $X"],
          "pre_exec": ["export X=from_pre_exec"]},
+        {"uid": "x.literal", "executable": "/bin/echo",
+         "arguments": ["$HOME", "a b", "`true`", '"q"', "$(echo no)"]},
         {"uid": "x.big", "executable": "/bin/sh",
          "arguments": ["-c", "yes 0123456789 | head -n 500"]},
     ]
@@ -162,6 +164,7 @@ async def test_executable_results(backend: RadicalPilotBackend, tmp_path: Path) 
     assert env["stderr"] == "err\n"
     assert backend.get_task("x.shell")["stdout"] == "HI\n"
     assert backend.get_task("x.pre")["stdout"] == "from_pre_exec\n"
+    assert backend.get_task("x.literal")["stdout"] == '$HOME a b `true` "q" $(echo no)\n'
     assert len(backend.get_task("x.big")["stdout"]) == 5500  # RP itself keeps 1024
     assert events["x.env"] == ["NEW", "WAITING", "READY", "EXECUTING", "COMPLETED"]
 
@@ -306,7 +309,7 @@ async def test_lost_pilot_fails_outstanding_tasks(tmp_path: Path) -> None:
                                      "arguments": ["300"]}])
         await asyncio.sleep(3)
         agents = [p for p, _ in rp_backend._marked_processes(backend.run_id)
-                  if any("agent_0" in part for part in p.cmdline())]
+                  if p.name().startswith("rp.agent.0")]
         assert agents, "no agent_0 process found"
         for process in agents:
             process.kill()

@@ -438,6 +438,15 @@ class DaskBackend(ExecutionBackend):
                 "never run",
                 config_key=config_key,
             )
+        cores = task["ranks"] * task["cores_per_rank"]
+        threads = max(w["nthreads"] or 0 for w in workers)
+        if self._resource_name("cores", workers) is None and cores > threads:
+            raise ConfigurationError(
+                f"Task '{task['uid']}' needs {cores} cores (ranks * cores_per_rank) but the "
+                f"largest Dask worker has {threads} threads and the workers declare no CPU "
+                "resource (start them with --resources CPU=<n> to let Dask reserve cores)",
+                config_key="cores_per_rank" if task["cores_per_rank"] > 1 else "ranks",
+            )
 
     # ---------------------------------------------------------------- helpers
     def _submit_options(self, task: TaskDict) -> dict[str, Any]:

@@ -45,6 +45,7 @@ import json
 import logging
 import os
 import pickle
+import re
 import shlex
 import shutil
 import signal
@@ -294,18 +295,37 @@ def is_local(resource: str) -> bool:
 
 
 # ------------------------------------------------------------------- processes
-def _marked_processes(run_id: str | None = None) -> Iterator[tuple[psutil.Process, dict[str, str]]]:
+_RUN_DIR_PATTERN = re.compile(r"/(rhapsody\.rp\.\d{8}-\d{6}\.(\d+)\.\d+)(/|$)")
+
+
+def _process_run(process: psutil.Process) -> tuple[str, int] | None:
+    """(run id, client pid) of a process a backend's session started, else None.
+
+    RP's helpers rename themselves (setproctitle clobbers /proc/<pid>/environ), so
+    they are recognised by their working directory, which is inside the run dir;
+    task processes by the env marker they inherit.
+    """
+    with contextlib.suppress(psutil.Error, OSError):
+        match = _RUN_DIR_PATTERN.search(process.cwd())
+        if match:
+            return match.group(1), int(match.group(2))
+    with contextlib.suppress(psutil.Error, OSError):
+        environ = process.environ()
+        run_id, client = environ.get(_MARK), environ.get(_MARK_PID, "")
+        if run_id:
+            return run_id, int(client) if client.isdigit() else -1
+    return None
+
+
+def _marked_processes(run_id: str | None = None) -> Iterator[tuple[psutil.Process, int]]:
+    """Processes started by the backend run `run_id` (any run if None), with client pid."""
     me = os.getpid()
-    for process in psutil.process_iter(["pid"]):
+    for process in psutil.process_iter():
         if process.pid == me:
             continue
-        try:
-            environ = process.environ()
-        except (psutil.Error, OSError):
-            continue
-        mark = environ.get(_MARK)
-        if mark and (run_id is None or mark == run_id):
-            yield process, environ
+        found = _process_run(process)
+        if found and (run_id is None or found[0] == run_id):
+            yield process, found[1]
 
 
 def _kill(processes: list[psutil.Process], grace: float = 3.0) -> int:
@@ -327,11 +347,11 @@ def reap_run(run_id: str) -> int:
 
 def reap_orphans() -> int:
     """Kill leftovers of backends whose client process died (SIGKILL, OOM)."""
-    orphans = []
-    for process, environ in _marked_processes():
-        client = environ.get(_MARK_PID, "")
-        if client.isdigit() and not psutil.pid_exists(int(client)):
-            orphans.append(process)
+    orphans = [
+        process
+        for process, client in _marked_processes()
+        if client > 0 and client != os.getpid() and not psutil.pid_exists(client)
+    ]
     return _kill(orphans) if orphans else 0
 
 
@@ -515,8 +535,10 @@ class RadicalPilotBackend(ExecutionBackend):
             self._pmgr = rp.PilotManager(session=self._session)
             self._tmgr = rp.TaskManager(session=self._session)
             self._tmgr.register_callback(self._task_callback)
+            # (Pilot.register_callback calls back with `[pilot]`, the manager's with
+            # `(pilot, state)` as documented: use the manager's.)
+            self._pmgr.register_callback(self._pilot_callback)
             self._pilot = self._pmgr.submit_pilots(self._pilot_description())
-            self._pilot.register_callback(self._pilot_callback)
             self._tmgr.add_pilots(self._pilot)
         self._mark("pilot_submitted")
 
@@ -630,8 +652,10 @@ class RadicalPilotBackend(ExecutionBackend):
             "uid": self._new_rp_uid(task["uid"], self.attempt_of(task["uid"]), False),
             "name": task["uid"],
             "mode": rp.TASK_EXECUTABLE,
-            "executable": executable,
-            "arguments": arguments,
+            # RP puts arguments in double quotes, so its shell would expand `$X` and
+            # `$(...)` in them; the quoted command line keeps argv literal instead.
+            "executable": shlex.join([executable, *arguments]),
+            "arguments": [],
             "ranks": task["ranks"],
             "cores_per_rank": task["cores_per_rank"],
             "gpus_per_rank": task["gpus_per_rank"],
@@ -826,7 +850,7 @@ class RadicalPilotBackend(ExecutionBackend):
         hint = (
             f"it ran out of its runtime of {runtime} min (resources={{'runtime': ...}})"
             if state == rp.DONE
-            else f"see {pilot.pilot_sandbox if pilot else 'the pilot sandbox'}"
+            else f"see the pilot's logs in {self.pilot_sandbox or 'its sandbox'}"
         )
         return BackendError(
             f"RADICAL-Pilot pilot {getattr(pilot, 'uid', '?')} on "
@@ -836,11 +860,16 @@ class RadicalPilotBackend(ExecutionBackend):
             details={"pilot_state": state},
         )
 
-    def _pilot_callback(self, pilot: Any, state: str) -> None:
+    def _pilot_callback(self, pilot: Any, state: str | None = None) -> None:
         try:
+            if isinstance(pilot, list):  # RP's bulk callback mode
+                for one in pilot:
+                    self._pilot_callback(one, one.state)
+                return
+            state = state or pilot.state
             if state == rp.PMGR_ACTIVE:
                 self._mark("pilot_active")
-            if state not in rp.FINAL or self._closing:
+            if state not in rp.FINAL or self._closing or self._pilot_error is not None:
                 return
             self._pilot_error = self._pilot_lost(state)
             logger.error("%s", self._pilot_error.message)
