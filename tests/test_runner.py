@@ -234,7 +234,9 @@ def test_as_completed_yields_correct_order(runner):
         time.sleep(seconds)
         return seconds
 
-    timings = [0.2, 2, 4]
+    # prefect-dask uses three tasks on a bigger cluster; the backends here have two
+    # slots, so two tasks keep the test about ordering, not about queueing.
+    timings = [0.5, 4]
     with runner:
         futures = [
             runner.submit(sleep_task, parameters={"seconds": s}, wait_for=[])
