@@ -30,6 +30,7 @@ import functools
 import inspect
 import logging
 import threading
+import time
 import weakref
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
@@ -114,6 +115,23 @@ class _Watch:
 
     def __init__(self) -> None:
         self.states: asyncio.Queue[TaskState] = asyncio.Queue()
+        self.times: list[tuple[TaskState, float]] = []
+
+    def push(self, state: TaskState) -> None:
+        self.times.append((state, time.time()))
+        self.states.put_nowait(state)
+
+    def timeline(self) -> str:
+        """'queued 12:00:01.250, executing +0.004s, completed +0.120s'."""
+        if not self.times:
+            return ""
+        start = self.times[0][1]
+        clock = time.strftime("%H:%M:%S", time.localtime(start)) + f".{int(start % 1 * 1000):03d}"
+        parts = [f"queued {clock}"]
+        for state, moment in self.times[1:]:
+            if state in (TaskState.EXECUTING, TaskState.RETRYING) or state.is_terminal:
+                parts.append(f"{state.value.lower()} +{moment - start:.3f}s")
+        return ", ".join(parts)
 
 
 class RhapsodyRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
@@ -287,7 +305,7 @@ class RhapsodyRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
     def _on_backend_state(self, task: TaskDict, state: str) -> None:
         watch = self._watches.get(task["uid"])
         if watch is not None:
-            watch.states.put_nowait(TaskState(state))
+            watch.push(TaskState(state))
 
     async def _run_task(
         self,
@@ -367,7 +385,6 @@ class RhapsodyRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         watch = self._watches[uid] = _Watch()
         try:
             await backend.submit_tasks([spec])
-            self._log_transition(run_logger, uid, "queued", TaskState.NEW)
             while True:
                 state = await watch.states.get()
                 if state.is_terminal:
@@ -380,19 +397,24 @@ class RhapsodyRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         finally:
             self._watches.pop(uid, None)
         _replay(run_logger, _captured_logs(spec))
-        self._log_transition(run_logger, uid, "finished", state)
+        self._log_transition(run_logger, uid, "finished", state, watch.timeline())
         return _result_of(spec, state)
 
     def _log_transition(
-        self, run_logger: Any, uid: str, event: str, state: TaskState
+        self, run_logger: Any, uid: str, event: str, state: TaskState, timeline: str = ""
     ) -> None:
+        """One line when the body starts executing (or retrying), one when it ends.
+
+        The final line carries the whole timeline, so a task costs two log lines.
+        """
         if self.transition_log_level is None:
             return
         _prefect_type, prefect_name = to_prefect(state)
         run_logger.log(
             self.transition_log_level,
-            "Backend %r task %s %s: RHAPSODY %s (Prefect %s)",
+            "Backend %r task %s %s: RHAPSODY %s (Prefect %s)%s",
             self.backend_name, uid, event, state.value, prefect_name,
+            f"; {timeline}" if timeline else "",
             extra={"rhapsody_backend": self.backend_name, "rhapsody_uid": uid,
                    "rhapsody_state": state.value},
         )

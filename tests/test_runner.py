@@ -341,8 +341,8 @@ def test_retries_submit_each_attempt_to_the_backend(runner, tmp_path):
     result, task_run_id = test_flow()
     assert result == "ok after 3 calls"
     messages = api_logs(task_run_id, ".3 finished")
-    queued = {m.split(" task ")[1].split(" ")[0] for m in messages if " queued:" in m}
-    assert len(queued) == 3, messages  # three attempts, three backend tasks
+    finished = {m.split(" task ")[1].split(" ")[0] for m in messages if " finished:" in m}
+    assert len(finished) == 3, messages  # three attempts, three backend tasks
 
 
 def test_cache_policy_and_cache_key_fn(runner, tmp_path):
@@ -438,7 +438,9 @@ def test_logs_and_prints_reach_the_task_run_in_the_api(runner):
     assert any("logger-marker-5" in m for m in messages), messages
     # the backend transitions are recorded on the task run, with backend and uid
     assert any(" executing: RHAPSODY EXECUTING" in m for m in messages), messages
-    assert any(" finished: RHAPSODY COMPLETED" in m for m in messages), messages
+    finished = [m for m in messages if " finished: RHAPSODY COMPLETED" in m]
+    assert len(finished) == 1, messages
+    assert "queued " in finished[0] and "executing +" in finished[0], finished
 
 
 def test_map_and_many_tasks(runner):
