@@ -6,7 +6,7 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 # RADICAL-Pilot starts helper executables from the virtualenv's bin.
 RUN := PATH="$(abspath $(VENV))/bin:$$PATH" VIRTUAL_ENV="$(abspath $(VENV))"
-DEBIAN_PACKAGES := mpich chromium
+DEBIAN_PACKAGES := mpich chromium fonts-liberation
 
 .PHONY: example test test-fast lint bench system-deps
 

@@ -13,6 +13,11 @@ import argparse
 import os
 import sys
 
+if __name__ == "__main__":
+    # A fresh PREFECT_HOME on a busy machine needs more than Prefect's default 20 s
+    # to start the ephemeral API server; must be set before prefect is imported.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+
 import cloudpickle
 from prefect import flow, task
 

@@ -151,6 +151,8 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prefect
     api_url = f"http://127.0.0.1:{port}/api"
     log = base / "server.log"
     env = server_env(home)
+    # The UI asks this address for the API (the default is port 4200).
+    env["PREFECT_UI_API_URL"] = api_url
     started = time.monotonic()
     process = start_group(
         [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],

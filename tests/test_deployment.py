@@ -115,8 +115,7 @@ def test_backend_transitions_and_result_logged(ensemble_deployment_run: Deployme
     entries = poll(logs, complete)
     for run in task_runs:
         messages = [e.message for e in entries if e.task_run_id == run.id]
-        for expected in ("queued: RHAPSODY NEW (Prefect Pending)",
-                         "executing: RHAPSODY EXECUTING (Prefect Running)",
+        for expected in ("executing: RHAPSODY EXECUTING (Prefect Running)",
                          "finished: RHAPSODY COMPLETED (Prefect Completed)"):
             assert any(m.startswith("Backend 'concurrent' task ") and expected in m
                        for m in messages), (

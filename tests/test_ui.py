@@ -34,7 +34,11 @@ TIMEOUT_MS = 60_000
 def browser() -> Iterator[Any]:
     if shutil.which(CHROMIUM) is None:
         pytest.fail(f"{CHROMIUM} not found: apt-get install chromium")
-    sync_api = pytest.importorskip("playwright.sync_api")
+    try:
+        from playwright import sync_api
+    except ImportError:
+        pytest.fail("playwright is not installed: pip install 'rhapsody-prefect[test]' "
+                    "(the Python package only; the browser is Debian's chromium)")
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(
             executable_path=CHROMIUM, headless=True,
@@ -69,33 +73,43 @@ def test_flow_run_page_shows_task_runs_and_backend(
         )
     assert task_runs, "no task runs to look for"
 
-    page.goto(f"{server.ui_url}/runs/flow-run/{run_id}")
-    # Header: the flow run's name and its final state.
-    page.get_by_text(flow_run.name, exact=False).first.wait_for()
-    page.get_by_text("Completed").first.wait_for()
+    try:
+        page.goto(f"{server.ui_url}/runs/flow-run/{run_id}")
+        # Header: the flow run's name and its final state.
+        page.get_by_text(flow_run.name, exact=False).first.wait_for()
+        page.get_by_text("Completed").first.wait_for()
 
-    # Logs tab (the default): task run logs with where and how each body ran.
-    page.get_by_text("executing: RHAPSODY EXECUTING (Prefect Running)").first.wait_for()
-    page.get_by_text("Backend 'concurrent' task simulate-").first.wait_for()
-    page.get_by_text("finished: RHAPSODY COMPLETED (Prefect Completed)").first.wait_for()
-    page.get_by_text("pi ~").first.wait_for()
-    page.wait_for_timeout(1500)  # let the flow graph finish drawing
-    shot = tmp_path / "ui-flow-run.png"
-    page.screenshot(path=str(shot), full_page=False)
+        # Logs tab (the default): task run logs with where and how each body ran.
+        page.get_by_text("executing: RHAPSODY EXECUTING (Prefect Running)").first.wait_for()
+        page.get_by_text("Backend 'concurrent' task simulate-").first.wait_for()
+        page.get_by_text("finished: RHAPSODY COMPLETED (Prefect Completed)").first.wait_for()
+        page.get_by_text("pi ~").first.wait_for()
+        page.wait_for_timeout(1500)  # let the flow graph finish drawing
+        shot = tmp_path / "ui-flow-run.png"
+        # Header, task graph and the first logs, with the backend transition lines
+        # (the app scrolls inside its own container: make the viewport tall).
+        page.set_viewport_size({"width": 1440, "height": 1750})
+        page.get_by_text("executing: RHAPSODY EXECUTING (Prefect Running)").first.wait_for()
+        page.wait_for_timeout(1000)
+        page.screenshot(path=str(shot))
 
-    # Task Runs tab: every task run, by name, with its state.
-    page.get_by_role("tab", name="Task Runs").click()
-    for run in task_runs:
-        page.get_by_text(run.name, exact=True).first.wait_for()
-    body = page.inner_text("body")
-    assert body.count("Completed") >= len(task_runs)
-    page.screenshot(path=str(tmp_path / "ui-task-runs.png"))
+        # Task Runs tab: every task run, by name, with its state.
+        page.get_by_text("Task Runs", exact=True).first.click()
+        for run in task_runs:
+            page.get_by_text(run.name, exact=True).first.wait_for()
+        body = page.inner_text("body")
+        assert body.count("Completed") >= len(task_runs)
+        page.screenshot(path=str(tmp_path / "ui-task-runs.png"))
 
-    # A task run's own page shows its backend transitions.
-    simulate = next(r for r in task_runs if r.name.startswith("simulate"))
-    page.goto(f"{server.ui_url}/runs/task-run/{simulate.id}")
-    page.get_by_text(f"Backend 'concurrent' task {simulate.name}.").first.wait_for()
+        # A task run's own page shows its backend transitions.
+        simulate = next(r for r in task_runs if r.name.startswith("simulate"))
+        page.goto(f"{server.ui_url}/runs/task-run/{simulate.id}")
+        page.get_by_text(f"Backend 'concurrent' task {simulate.name}.").first.wait_for()
 
+    except Exception:
+        page.screenshot(path=str(tmp_path / "failure.png"))
+        print(f"\n--- {page.url} ---\n{page.inner_text('body')[:4000]}\n--- {tmp_path}")
+        raise
     assert shot.stat().st_size > 10_000, "screenshot looks empty"
     SCREENSHOT.parent.mkdir(exist_ok=True)
     shutil.copyfile(shot, SCREENSHOT)
