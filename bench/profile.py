@@ -55,6 +55,7 @@ def main() -> int:
     parser.add_argument("--match", default="", help="only stacks containing this text")
     parser.add_argument("--limit", type=int, default=45)
     parser.add_argument("--no-profile", action="store_true")
+    parser.add_argument("--idle", action="store_true", help="also sample idle/waiting threads")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="rhapsody-profile-"))
     env = base_env(work)
@@ -70,7 +71,8 @@ def main() -> int:
         command = [sys.executable, str(CHILD), json.dumps(spec)]
         if not args.no_profile:
             command = [str(VENV_BIN / "py-spy"), "record", "--format", "raw", "--threads",
-                       "--rate", "200", "-o", str(raw), "--", *command]
+                       "--rate", "200", "-o", str(raw), *(["--idle"] if args.idle else []),
+                       "--", *command]
         completed = subprocess.run(command, env={**os.environ, **env}, cwd=work,
                                    capture_output=True, text=True)
         print(completed.stdout.strip().splitlines()[-1] if completed.stdout else

@@ -35,8 +35,16 @@ def summarize(results: list[dict[str, Any]]) -> dict[Key, dict[str, Any]]:
                 seconds=seconds,
                 throughput=n / seconds,
                 ms_per_task=1000 * seconds / n,
-                rss_delta_mb=statistics.median((r["rss_peak"] - r["rss_base"]) / MB for r in good),
-                rss_peak_mb=max(r["rss_peak"] / MB for r in good),
+                cpu_ms_per_task=statistics.median(1000 * r["cpu_seconds"] / n for r in good)
+                if all("cpu_seconds" in r for r in good) else (
+                    statistics.median(1000 * r["cpu_seconds"] / n for r in good
+                                      if "cpu_seconds" in r)
+                    if any("cpu_seconds" in r for r in good) else None),
+                rss_delta_mb=statistics.median(
+                    (r["rss_peak"] - r["rss_base"]) / MB for r in good if "rss_peak" in r
+                ) if any("rss_peak" in r for r in good) else None,
+                rss_peak_mb=max((r["rss_peak"] / MB for r in good if "rss_peak" in r),
+                                default=None),
                 spread=(max(r["seconds"] for r in good) - min(r["seconds"] for r in good))
                 / seconds if len(good) > 1 else 0.0,
             )
@@ -91,8 +99,9 @@ def table_rows(
 ) -> list[list[str]]:
     """Rows of the results table (strings), in plan order."""
     rows: list[list[str]] = []
+    order = {row: i for i, row in enumerate(ROWS)}
     for (row, workload, n), entry in sorted(
-        summary.items(), key=lambda item: (list(ROWS).index(item[0][0]), item[0][1], item[0][2])
+        summary.items(), key=lambda item: (order.get(item[0][0], 99), item[0][1], item[0][2])
     ):
         note = entry.get("error", "")
         if row in caps and n == caps[row][0]:
@@ -100,17 +109,18 @@ def table_rows(
         rows.append([
             row, workload, str(n), f"{entry['runs']}/{entry['of']}",
             _fmt(entry.get("seconds"), ".2f"), _fmt(entry.get("throughput"), ".1f"),
-            _fmt(entry.get("ms_per_task"), ".2f"), _fmt(entry.get("rss_delta_mb"), ".1f"),
+            _fmt(entry.get("ms_per_task"), ".2f"), _fmt(entry.get("cpu_ms_per_task"), ".2f"),
+            _fmt(entry.get("rss_delta_mb"), ".1f"),
             _fmt(entry.get("rss_peak_mb"), ".0f"), note,
         ])
     for family, reason in unavailable.items():
-        rows.append([f"{family} (all rows)", "-", "-", "0/0", "-", "-", "-", "-", "-",
+        rows.append([f"{family} (all rows)", "-", "-", "0/0", "-", "-", "-", "-", "-", "-",
                      f"unavailable: {reason}"])
     return rows
 
 
 TABLE_HEADER = ["row", "workload", "n", "runs", "median s", "tasks/s", "ms/task",
-                "flow dRSS MB", "peak RSS MB", "note"]
+                "flow CPU ms/task", "flow dRSS MB", "peak RSS MB", "note"]
 RATIO_HEADER = ["ratio (ours / peer)", "workload", "n", "value", "target", "verdict"]
 
 
@@ -155,6 +165,15 @@ def plot(summary: dict[Key, dict[str, Any]], verdicts: list[dict[str, Any]], pat
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+    sizes = sorted({n for (_, _, n) in summary})
+
+    def size_axis(ax: Any) -> None:
+        ax.set_xscale("log")
+        ax.set_xticks(sizes)
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
 
     fig, axes = plt.subplots(2, 2, figsize=(14, 10))
     styles = {row: ("-" if row.startswith("rhapsody") else "--" if row.startswith("api")
@@ -166,7 +185,7 @@ def plot(summary: dict[Key, dict[str, Any]], verdicts: list[dict[str, Any]], pat
             if points:
                 xs, ys = zip(*points, strict=True)
                 ax.plot(xs, ys, styles[row], marker="o", label=row)
-        ax.set_xscale("log")
+        size_axis(ax)
         ax.set_yscale("log")
         ax.set_xlabel("tasks per flow")
         ax.set_ylabel("tasks/s (timed window, median)")
@@ -180,14 +199,14 @@ def plot(summary: dict[Key, dict[str, Any]], verdicts: list[dict[str, Any]], pat
         if points:
             xs, ys = zip(*points, strict=True)
             ax.plot(xs, ys, styles[row], marker="o", label=row)
-    ax.set_xscale("log")
+    size_axis(ax)
     ax.set_xlabel("tasks per flow")
     ax.set_ylabel("peak RSS growth in the timed window, MB")
     ax.set_title("Flow-side memory, python tasks")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7)
     ax = axes[1][1]
-    judged = [v for v in verdicts if v["target"] is not None and v["value"] is not None]
+    judged = [v for v in verdicts if v["met"] is not None]
     labels = [f"{v['name']}\n{v['workload']} n={v['n']}" for v in judged]
     values = [v["value"] for v in judged]
     colors = ["tab:green" if v["met"] else "tab:red" for v in judged]

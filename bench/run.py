@@ -19,6 +19,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -30,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.child import MARKER
 from bench.env import REPO, base_env, dask_cluster, prefect_server, server_settle
-from bench.plan import PREDICTED_LIMIT, Group, build_plan
+from bench.plan import PREDICTED_LIMIT, SINGLE_RUN_ROWS, Group, build_plan
 from bench.report import (
     RATIO_HEADER,
     TABLE_HEADER,
@@ -53,9 +54,9 @@ def child_timeout(row: str, workload: str, n: int) -> float:
     """Generous per-measurement limit (a hung peer must not stall the whole run)."""
     per_task = 1.0 if row in ("prefect-processpool", "prefect-dask") else 0.25
     if row.endswith("rp"):
-        per_task = 0.5
+        per_task = 20.0 if workload == "python" else 0.5
         return 240 + n * per_task
-    return 120 + n * per_task
+    return min(120 + n * per_task, 900)
 
 
 def run_child(spec: dict[str, Any], env: dict[str, str], log: Path) -> dict[str, Any]:
@@ -118,8 +119,9 @@ def machine() -> dict[str, str]:
 def run_groups(
     groups: list[Group], env: dict[str, str], unavailable: dict[str, str], work: Path,
     api_url: str, dask_address: str | None, log: Path, limit: float,
+    results: list[dict[str, Any]],
 ) -> list[dict[str, Any]]:
-    results: list[dict[str, Any]] = []
+    """Run the groups; appends to `results` as it goes (kept when interrupted)."""
     rates: dict[tuple[str, str], tuple[int, float]] = {}  # slowest rate seen per row
     for index, group in enumerate(groups, 1):
         if group.family in unavailable:
@@ -129,6 +131,8 @@ def run_groups(
         for repeat in range(group.repeats):
             order = group.rows if repeat % 2 == 0 else tuple(reversed(group.rows))
             for row in order:
+                if repeat > 0 and row in SINGLE_RUN_ROWS:
+                    continue
                 seen = rates.get((row, group.workload))
                 if seen is not None and group.n / seen[1] > limit:
                     reason = (f"skipped: {seen[1]:.1f} tasks/s at n={seen[0]} predicts "
@@ -212,6 +216,8 @@ def write_markdown(
         "shows medians of the repeats (`runs` = good runs / runs). Ratios compare medians "
         "measured side by side in this one run; absolute numbers are noisy (the 2-core machine "
         "is shared with other work).",
+        "- Flow CPU: CPU seconds (user + system, all threads) the flow process used in the "
+        "timed window, per task; less sensitive than wall time to other load on the host.",
         "- Flow-side memory: a thread samples the flow process's RSS every 10 ms; `flow dRSS` is "
         "the peak growth during the timed window, `peak RSS` the process's peak.",
         "",
@@ -233,8 +239,19 @@ def main(argv: list[str] | None = None) -> int:
                         help="directory for benchmarks.md and benchmarks.png")
     parser.add_argument("--only", default="",
                         help="comma-separated families to run (concurrent,dask,radical_pilot)")
+    parser.add_argument("--max-n", type=int, default=None,
+                        help="run only the groups with at most this many tasks")
+    parser.add_argument("--from-results", type=Path, default=None,
+                        help="re-render the table, Markdown and plot from a results.json")
     args = parser.parse_args(argv)
+    if args.from_results is not None:
+        return render_saved(args.from_results, args.quick, args.out)
 
+    def interrupted(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupted)  # results.json is written on the way out
+    signal.signal(signal.SIGINT, interrupted)
     started = time.monotonic()
     load_start = " ".join(f"{x:.2f}" for x in os.getloadavg())
     groups, caps = build_plan(args.quick)
@@ -242,6 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.only:
         wanted = set(args.only.split(","))
         groups = [g for g in groups if g.family in wanted]
+    if args.max_n is not None:
+        groups = [g for g in groups if g.n <= args.max_n]
     unavailable = unavailable_families()
     for family, reason in unavailable.items():
         print(f"{family}: unavailable: {reason}", flush=True)
@@ -258,42 +277,69 @@ def main(argv: list[str] | None = None) -> int:
             print(f"prefect server at {api_url}", flush=True)
             plain = [g for g in groups if g.family != "dask"]
             dask_groups = [g for g in groups if g.family == "dask"]
-            results += run_groups(
+            run_groups(
                 [g for g in plain if g.family == "concurrent"], env, unavailable, work,
-                api_url, None, log, limit,
+                api_url, None, log, limit, results,
             )
             if dask_groups and "dask" not in unavailable:
                 with dask_cluster() as cluster:
                     print(f"dask cluster at {cluster.scheduler_address}", flush=True)
-                    results += run_groups(dask_groups, env, unavailable, work, api_url,
-                                          cluster.scheduler_address, log, limit)
-            results += run_groups(
+                    run_groups(dask_groups, env, unavailable, work, api_url,
+                               cluster.scheduler_address, log, limit, results)
+            run_groups(
                 [g for g in plain if g.family != "concurrent"], env, unavailable, work,
-                api_url, None, log, limit,
+                api_url, None, log, limit, results,
             )
     finally:
         (work / "results.json").write_text(json.dumps(results, indent=1))
     wanted_families = {g.family for g in groups}
     unavailable = {f: r for f, r in unavailable.items() if f in wanted_families}
+    wall = time.monotonic() - started
+    load_end = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    meta = {"wall": wall, "load": [load_start, load_end], "unavailable": unavailable,
+            "quick": args.quick}
+    (work / "meta.json").write_text(json.dumps(meta, indent=1))
+    render(results, meta, caps, args.out)
+    print(f"raw results in {work / 'results.json'}")
+    failed = [r for r in results if "error" in r and not r.get("skipped")]
+    return 1 if failed and args.quick else 0
+
+
+def render_saved(path: Path, quick: bool, out: Path) -> int:
+    """Re-render from a saved results.json (and the meta.json beside it, if any)."""
+    results = json.loads(path.read_text())
+    if isinstance(results, dict):  # {"results": [...], "meta": {...}} from a merge
+        meta = results["meta"]
+        _, caps = build_plan(meta["quick"])
+        render(results["results"], meta, caps, out)
+        return 0
+    meta_path = path.parent / "meta.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {
+        "wall": 0.0, "load": ["?", "?"], "unavailable": {}, "quick": quick}
+    _, caps = build_plan(meta["quick"])
+    render(results, meta, caps, out)
+    return 0
+
+
+def render(results: list[dict[str, Any]], meta: dict[str, Any],
+           caps: dict[str, tuple[int, str]], out: Path) -> None:
+    """Print the tables; write benchmarks.md and benchmarks.png into `out`."""
+    unavailable, wall, quick = meta["unavailable"], meta["wall"], meta["quick"]
     summary = summarize(results)
     verdicts = judge(summary)
     table = table_rows(summary, unavailable, caps)
     ratios = ratio_rows(verdicts)
-    wall = time.monotonic() - started
     print()
     print(text_table(TABLE_HEADER, table))
     print()
     print(text_table(RATIO_HEADER, ratios))
-    print(f"\nwall time {wall / 60:.1f} min; raw results in {work / 'results.json'}")
-    args.out.mkdir(parents=True, exist_ok=True)
-    load_end = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    write_markdown(args.out / "benchmarks.md", args.quick, machine(), table, ratios, wall,
-                   (load_start, load_end))
-    plot(summary, verdicts, args.out / "benchmarks.png",
-         f"RhapsodyRunner vs peers ({'quick' if args.quick else 'full'}; medians, 2-core host)")
-    print(f"wrote {args.out / 'benchmarks.md'} and {args.out / 'benchmarks.png'}")
-    failed = [r for r in results if "error" in r and not r.get("skipped")]
-    return 1 if failed and args.quick else 0
+    print(f"\nwall time {wall / 60:.1f} min")
+    out.mkdir(parents=True, exist_ok=True)
+    write_markdown(out / "benchmarks.md", quick, machine(), table, ratios, wall,
+                   (meta["load"][0], meta["load"][1]))
+    plot(summary, verdicts, out / "benchmarks.png",
+         f"RhapsodyRunner vs peers ({'quick' if quick else 'full'}; medians, 2-core host)")
+    print(f"wrote {out / 'benchmarks.md'} and {out / 'benchmarks.png'}")
 
 
 if __name__ == "__main__":

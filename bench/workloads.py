@@ -58,6 +58,7 @@ class RssSampler:
         self._interval = interval
         self.baseline = self._process.memory_info().rss
         self.peak = self.baseline
+        self.cpu_start = self._cpu()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
         self._thread.start()
@@ -66,8 +67,18 @@ class RssSampler:
         while not self._stop.wait(self._interval):
             self.peak = max(self.peak, self._process.memory_info().rss)
 
+    def _cpu(self) -> float:
+        times = self._process.cpu_times()
+        return float(times.user + times.system)
+
     def reset(self) -> None:
+        """Start of the timed window: RSS baseline and CPU time."""
         self.baseline = self.peak = self._process.memory_info().rss
+        self.cpu_start = self._cpu()
+
+    def end(self) -> float:
+        """End of the timed window: CPU seconds this process used in it (all threads)."""
+        return self._cpu() - self.cpu_start
 
     def stop(self) -> tuple[int, int]:
         self._stop.set()
@@ -153,8 +164,9 @@ def run_prefect(row: str, workload: str, n: int, options: dict[str, Any]) -> dic
         futures = [bench_task.submit(i) for i in range(n)]
         wait(futures)
         seconds = time.perf_counter() - start
+        cpu = sampler.end()
         completed = sum(1 for future in futures if future.state.is_completed())
-        return {"seconds": seconds, "completed": completed}
+        return {"seconds": seconds, "cpu_seconds": cpu, "completed": completed}
 
     total = time.perf_counter()
     result = bench_flow()
@@ -193,10 +205,11 @@ def run_api(row: str, workload: str, n: int, options: dict[str, Any]) -> dict[st
             await backend.submit_tasks(specs)
             await backend.wait()
             seconds = time.perf_counter() - start
+            cpu = sampler.end()
             completed = sum(1 for s in specs if s.get("state") == TaskState.COMPLETED)
         finally:
             await backend.terminate()
-        return {"seconds": seconds, "completed": completed}
+        return {"seconds": seconds, "cpu_seconds": cpu, "completed": completed}
 
     total = time.perf_counter()
     result = asyncio.run(main())
@@ -237,10 +250,11 @@ def run_raw_rp(row: str, workload: str, n: int, options: dict[str, Any]) -> dict
         tasks = tmgr.submit_tasks([describe(i) for i in range(n)])
         tmgr.wait_tasks(uids=[t.uid for t in tasks])
         seconds = time.perf_counter() - start
+        cpu = sampler.end()
         completed = sum(1 for t in tasks if t.state == rp.DONE)
     finally:
         session.close(download=False)
-    result: dict[str, Any] = {"seconds": seconds, "completed": completed}
+    result: dict[str, Any] = {"seconds": seconds, "cpu_seconds": cpu, "completed": completed}
     result["flow_seconds"] = time.perf_counter() - total
     result["rss_base"], result["rss_peak"] = sampler.stop()
     return result

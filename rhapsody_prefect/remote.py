@@ -44,7 +44,9 @@ class LogLine:
 class BodyContext:
     """What the body needs to know about its Prefect task run."""
 
-    task_run: Any  # prefect.client.schemas.objects.TaskRun
+    #: The TaskRun as plain data: unpickling a TaskRun model would import Prefect in
+    #: every worker (RADICAL-Pilot's raptor forks a fresh process per function task).
+    task_run: dict[str, Any]
     task_name: str
     log_prints: bool = False
     #: The flow side's level for run loggers; the body's loggers capture from it up.
@@ -152,6 +154,7 @@ def _task_run_context(context: BodyContext) -> Iterator[None]:
     if "prefect" not in sys.modules:
         yield
         return
+    from prefect.client.schemas.objects import TaskRun
     from prefect.context import FlowRunContext, TaskRunContext
 
     from .inline import InlineTaskRunner
@@ -164,7 +167,7 @@ def _task_run_context(context: BodyContext) -> Iterator[None]:
             stack.enter_context(FlowRunContext.model_construct(task_runner=InlineTaskRunner()))
         stack.enter_context(TaskRunContext.model_construct(
             task=_TaskName(context.task_name),
-            task_run=context.task_run,
+            task_run=TaskRun.model_construct(**context.task_run),
             log_prints=context.log_prints,
             parameters={},
         ))

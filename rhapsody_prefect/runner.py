@@ -373,7 +373,9 @@ class RhapsodyRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
                 **resources,
                 "function": run_body,
                 "args": (fn, args, kwargs, BodyContext(
-                    task_run=task_run,
+                    task_run=task_run.model_dump(
+                        mode="json", include={"id", "name", "flow_run_id", "task_key"}
+                    ),
                     task_name=run_context.task.name,
                     log_prints=bool(run_context.log_prints),
                     log_level=run_logger.logger.getEffectiveLevel(),

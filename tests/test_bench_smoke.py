@@ -1,5 +1,6 @@
 """Smoke test of the benchmark suite: `bench/run.py --quick` runs every benchmark.
 
+Takes about 8-10 minutes (three RADICAL-Pilot pilots, a Dask cluster, a Prefect server).
 Checks that every row runs (or is reported unavailable) and that every ratio is
 printed with a value; it never asserts anything about speed.
 """

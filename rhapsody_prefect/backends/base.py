@@ -205,16 +205,21 @@ class _SlotPool:
 
 
 class _Batcher:
-    """Collects uids during one loop iteration and hands them over in one call."""
+    """Collects uids for `delay` seconds (0: one loop iteration), then hands them over."""
 
-    def __init__(self, flush: Callable[[list[str]], Awaitable[None]]) -> None:
+    def __init__(self, flush: Callable[[list[str]], Awaitable[None]], delay: float = 0.0) -> None:
         self._flush = flush
+        self._delay = delay
         self._items: list[str] = []
         self._tasks: set[asyncio.Task[None]] = set()
 
     def add(self, uid: str) -> None:
         if not self._items:
-            asyncio.get_running_loop().call_soon(self._run)
+            loop = asyncio.get_running_loop()
+            if self._delay > 0:
+                loop.call_later(self._delay, self._run)
+            else:
+                loop.call_soon(self._run)
         self._items.append(uid)
 
     def _run(self) -> None:
@@ -234,6 +239,9 @@ class ExecutionBackend(BaseExecutionBackend):
 
     #: Total cores the backend offers; tasks wait for free slots. None: no limit here.
     slots: int | None = None
+    #: Seconds launches are collected before `_launch` (bulk submission pays off for
+    #: backends with a costly submit call, such as RADICAL-Pilot); 0: one loop iteration.
+    launch_batch_delay: float = 0.0
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -243,7 +251,7 @@ class ExecutionBackend(BaseExecutionBackend):
         self._started = False
         self._terminated = False
         self._slot_pool: _SlotPool | None = None
-        self._launcher = _Batcher(self._flush_launch)
+        self._launcher = _Batcher(self._flush_launch, self.launch_batch_delay)
         self._canceller = _Batcher(self._flush_cancel)
 
     # ----------------------------------------------------------- subclass hooks
