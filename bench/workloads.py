@@ -103,9 +103,6 @@ def make_runner(row: str, workload: str, options: dict[str, Any]) -> Any:
     """The task runner a Prefect row uses."""
     if row == "rhapsody-concurrent":
         from rhapsody_prefect import RhapsodyRunner
-
-        if options.get("variant") == "client-reuse":  # profiling experiment only
-            from bench.patched import ClientReuseRunner as RhapsodyRunner  # type: ignore[assignment]
         return RhapsodyRunner("concurrent", **options.get("runner_kwargs", {}))
     if row == "prefect-threadpool":
         from prefect.task_runners import ThreadPoolTaskRunner
