@@ -1,22 +1,28 @@
 """What a RADICAL-Pilot raptor worker runs for a RHAPSODY function task.
 
-The client cloudpickles `(function, args, kwargs, cwd)` into a payload; the raptor
-worker calls `run_payload(payload)`, which returns the outcome as a base64 string
-(raptor moves results as JSON-safe values, so Python objects travel pickled):
+The client cloudpickles `(function, args, kwargs, cwd, cancel_marker)` into a
+payload; the raptor worker calls `run_payload(payload)` in a process it forks for
+the task, which returns the outcome as a base64 string (raptor moves results as
+JSON-safe values, so Python objects travel pickled):
 
     >>> import cloudpickle
-    >>> from rhapsody_prefect.backends._rp_call import decode_result, run_payload
-    >>> decode_result(run_payload(cloudpickle.dumps((max, (1, 2), {}, None))))
+    >>> from rhapsody_prefect.backends._rp_call import decode_result, encode_payload, run_payload
+    >>> decode_result(run_payload(encode_payload(max, (1, 2), {}, None)))
     (True, 2)
 
-Kept free of heavy imports: a worker imports it once per task process.
+Raptor cannot cancel a function task, so the client cancels it itself: it creates
+the task's `cancel_marker` file (a task that has not started yet then returns at
+once) and sends SIGTERM to the pid the task wrote to `<marker>.pid` (the call is
+interrupted, and the worker gets a result and frees the task's cores).
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import os
+import signal
 import threading
 from typing import Any
 
@@ -25,18 +31,46 @@ import cloudpickle
 from ..calls import RemoteError, call_function, portable_exception
 
 
-def encode_payload(function: Any, args: Any, kwargs: Any, cwd: str | None) -> bytes:
+class TaskCancelled(BaseException):
+    """Raised inside a function task's process when the client cancels it."""
+
+
+def encode_payload(
+    function: Any, args: Any, kwargs: Any, cwd: str | None, cancel_marker: str | None = None
+) -> bytes:
     """The payload `run_payload` expects (raises if something cannot be pickled)."""
-    return cloudpickle.dumps((function, tuple(args), dict(kwargs), cwd))
+    return cloudpickle.dumps((function, tuple(args), dict(kwargs), cwd, cancel_marker))
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise TaskCancelled("cancelled by the client")
 
 
 def run_payload(payload: bytes) -> str:
-    """Run a payload on the worker: `(True, value)` or `(False, exception)`, encoded."""
+    """Run a payload on the worker: `(True, value)` or `(False, exception)`, encoded.
+
+    With a cancel marker, SIGTERM interrupts the call: the handler is installed
+    (and announced in `<marker>.pid`) before the marker is checked, and replaced by
+    SIG_IGN before the result is encoded, so a cancel never kills the process
+    without a result (raptor would then never free the task's cores).
+    """
+    installed = False
     try:
-        function, args, kwargs, cwd = cloudpickle.loads(payload)
-        if cwd:
-            os.chdir(cwd)
-        outcome: tuple[bool, Any] = (True, _call(function, args, kwargs))
+        try:
+            function, args, kwargs, cwd, cancel_marker = cloudpickle.loads(payload)
+            if cancel_marker and threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGTERM, _on_sigterm)
+                installed = True
+                with contextlib.suppress(OSError), open(f"{cancel_marker}.pid", "w") as pid:
+                    pid.write(str(os.getpid()))
+            if cancel_marker and os.path.exists(cancel_marker):
+                raise TaskCancelled("cancelled before it started")
+            if cwd:
+                os.chdir(cwd)
+            outcome: tuple[bool, Any] = (True, _call(function, args, kwargs))
+        finally:
+            if installed:
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
     except BaseException as error:  # report everything, SystemExit included
         outcome = (False, portable_exception(error))
     try:
@@ -48,22 +82,29 @@ def run_payload(payload: bytes) -> str:
 
 
 def _call(function: Any, args: Any, kwargs: Any) -> Any:
-    """`call_function`, off the raptor worker's own event loop when one is running."""
+    """`call_function`, off the raptor worker's own event loop when one is running.
+
+    The call then runs in a daemon thread: the task's process can return (and
+    exit) when SIGTERM interrupts the wait, even if the call does not stop.
+    """
     try:
         asyncio.get_running_loop()
     except RuntimeError:
         return call_function(function, args, kwargs)
     box: dict[str, Any] = {}
+    done = threading.Event()
 
     def target() -> None:
         try:
             box["value"] = call_function(function, args, kwargs)
         except BaseException as error:
             box["error"] = error
+        finally:
+            done.set()
 
-    thread = threading.Thread(target=target, name="rhapsody-call")
-    thread.start()
-    thread.join()
+    threading.Thread(target=target, name="rhapsody-call", daemon=True).start()
+    while not done.wait(0.5):  # short waits: a signal handler gets to run
+        pass
     if "error" in box:
         raise box["error"]
     return box.get("value")
@@ -75,4 +116,4 @@ def decode_result(text: str) -> tuple[bool, Any]:
     return bool(ok), value
 
 
-__all__ = ["decode_result", "encode_payload", "run_payload"]
+__all__ = ["TaskCancelled", "decode_result", "encode_payload", "run_payload"]

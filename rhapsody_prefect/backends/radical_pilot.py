@@ -29,7 +29,9 @@ A real machine RADICAL-Pilot knows (Slurm, PBS, ...), from its login node:
         "nodes": 2, "runtime": 60})
 
 `resources` takes RADICAL-Pilot pilot description keys; a bad key or value raises
-`ConfigurationError` (with `config_key`) in the constructor. See docs/radical_pilot.md.
+`ConfigurationError` (with `config_key`) in the constructor. `shared=True` lets
+backends of the same configuration in one process reuse one pilot (closed by
+`close_shared_pilots()` or at exit). See docs/radical_pilot.md.
 """
 
 from __future__ import annotations
@@ -54,7 +56,6 @@ import tempfile
 import threading
 import time
 import warnings
-import weakref
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -128,7 +129,9 @@ CLOSE_TIMEOUT = 60.0
 
 _env_lock = threading.Lock()
 _run_counter = itertools.count(1)
-_live_runs: weakref.WeakSet[RadicalPilotBackend] = weakref.WeakSet()
+_live_runs: dict[str, _Run] = {}  # run id -> run, until closed
+_shared_runs: dict[str, _Run] = {}  # share key -> run
+_shared_lock = threading.Lock()
 
 
 # ----------------------------------------------------------------- availability
@@ -355,13 +358,6 @@ def reap_orphans() -> int:
     return _kill(orphans) if orphans else 0
 
 
-@atexit.register
-def _reap_at_exit() -> None:  # a backend that was never terminated
-    for backend in list(_live_runs):
-        with contextlib.suppress(Exception):
-            reap_run(backend.run_id)
-
-
 @contextlib.contextmanager
 def _patched_environ(values: Mapping[str, str]) -> Iterator[None]:
     """Set env variables while RP spawns its helpers; they inherit them."""
@@ -379,76 +375,71 @@ def _patched_environ(values: Mapping[str, str]) -> Iterator[None]:
                     os.environ[key] = value
 
 
-# --------------------------------------------------------------------- backend
-class RadicalPilotBackend(ExecutionBackend):
-    """RHAPSODY tasks on one RADICAL-Pilot pilot (see the module docstring).
+# ------------------------------------------------------------------------ runs
+class _Run:
+    """One RP session with one pilot and task manager (and raptor, on demand).
 
-    Args:
-        resources: pilot description keys (resource, cores, nodes, gpus, runtime [min],
-            queue, project, access_schema, sandbox, ...). Default: `local.localhost`
-            with this machine's cores, runtime 1440 min.
-        work_dir: directory for the session, sandbox, RP config and temp files
-            (default `./.rhapsody/radical_pilot`); each backend uses a subdirectory.
-        keep_sandbox: keep that subdirectory (logs, task sandboxes) after terminate().
-        raptor: True (default sizing), False (no function tasks) or a dict with
-            `workers`, `cores_per_worker`, `gpus_per_worker`. On `local.localhost` the
-            raptor master and workers get cores on top of the machine's.
+    A backend owns its run, or shares one with other backends of the same
+    configuration (`shared=True`). RP's callbacks arrive here, on RP's listener
+    thread, and are dispatched to the backend that submitted the task.
     """
-
-    backend_type = BACKEND_TYPE
 
     def __init__(
         self,
-        resources: Mapping[str, Any] | None = None,
-        *,
-        work_dir: str | os.PathLike[str] | None = None,
-        keep_sandbox: bool = False,
-        raptor: bool | Mapping[str, Any] | None = True,
-        **kwargs: Any,
+        resources: dict[str, Any],
+        raptor_config: dict[str, int] | None,
+        work_dir: Path,
+        keep_sandbox: bool,
+        default_work_dir: bool,
+        shared: bool,
     ) -> None:
-        super().__init__(**kwargs)
-        self.resources = validate_resources(resources)
-        self.raptor_config = validate_raptor(raptor)
-        if work_dir is not None and not isinstance(work_dir, (str, os.PathLike)):
-            raise ConfigurationError(f"work_dir must be a path, got {work_dir!r}", "work_dir")
-        self._default_work_dir = work_dir is None
-        self.work_dir = Path(work_dir or Path.cwd() / ".rhapsody" / "radical_pilot").absolute()
-        if not isinstance(keep_sandbox, bool):
-            raise ConfigurationError(
-                f"keep_sandbox must be a bool, got {keep_sandbox!r}", "keep_sandbox"
-            )
+        self.resources = resources
+        self.raptor_config = raptor_config
+        self.work_dir = work_dir
         self.keep_sandbox = keep_sandbox
-        self.local = is_local(self.resources["resource"])
+        self.default_work_dir = default_work_dir
+        self.shared = shared
+        self.local = is_local(resources["resource"])
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
         self.run_id = f"rhapsody.rp.{stamp}.{os.getpid()}.{next(_run_counter):03d}"
-        self.run_dir = self.work_dir / self.run_id
-        self.exec_cores: int | None = None  # cores executable tasks may use
-        self._session: Any = None
-        self._pmgr: Any = None
-        self._pilot: Any = None
-        self._tmgr: Any = None
-        self._master: Any = None
-        self._workers: list[Any] = []
-        self._raptor_lock: asyncio.Lock | None = None
-        self._raptor_uids: set[str] = set()
-        self._raptor_error: BackendError | None = None
-        self._pilot_error: BackendError | None = None
-        self._closing = False
-        self._lock = threading.Lock()
-        self._rp_counter = itertools.count(1)
-        self._by_rp_uid: dict[str, tuple[str, int, bool]] = {}  # rp uid -> uid, attempt, fn?
-        self._current: dict[str, str] = {}  # uid -> rp uid of its running attempt
-        #: Seconds since start() began: session, pilot_submitted, pilot_active, raptor_*,
-        #: and close (duration of the shutdown).
+        self.run_dir = work_dir / self.run_id
+        self.session: Any = None
+        self.pmgr: Any = None
+        self.pilot: Any = None
+        self.tmgr: Any = None
+        self.master: Any = None
+        self.workers: list[Any] = []
+        self.raptor_uids: set[str] = set()
+        self.raptor_error: BackendError | None = None
+        self.pilot_error: BackendError | None = None
+        self.closing = False
+        self.closed = False
+        self.lock = threading.Lock()
+        self.raptor_lock = threading.Lock()
+        self.rp_counter = itertools.count(1)
+        #: rp uid -> (backend, uid, attempt, is function task)
+        self.tasks: dict[str, tuple[RadicalPilotBackend, str, int, bool]] = {}
+        self.t0 = time.monotonic()
+        #: Seconds since start: session, pilot_submitted, pilot_active, raptor_*; close.
         self.timings: dict[str, float] = {}
-        self._t0 = time.monotonic()
 
-    # ------------------------------------------------------------------ start
-    def _raptor_cores(self) -> int:
+    # ---------------------------------------------------------------- sizing
+    def raptor_cores(self) -> int:
         config = self.raptor_config
         return 0 if config is None else 1 + config["workers"] * config["cores_per_worker"]
 
-    def _environment(self) -> dict[str, str]:
+    def exec_cores(self) -> int:
+        """Cores executable tasks may use (on a local pilot: the machine's)."""
+        if self.resources.get("cores"):
+            return int(self.resources["cores"])
+        rcfg = _known_resources()[self.resources["resource"]]
+        return int(self.resources.get("nodes", 1)) * int(rcfg.get("cores_per_node") or 1)
+
+    def mark(self, name: str) -> None:
+        self.timings.setdefault(name, round(time.monotonic() - self.t0, 3))
+
+    # ----------------------------------------------------------------- start
+    def environment(self) -> dict[str, str]:
         bin_dir = str(_venv_bin())
         path = os.environ.get("PATH", "")
         if path.split(os.pathsep)[0] != bin_dir:
@@ -467,7 +458,7 @@ class RadicalPilotBackend(ExecutionBackend):
             values["RADICAL_CONFIG_USER_DIR"] = str(self.run_dir / "config")
         return values
 
-    def _write_local_config(self) -> None:
+    def write_local_config(self) -> None:
         """A user resource config sizing local.localhost to this machine (+ raptor)."""
         user_home = os.environ.get("RADICAL_CONFIG_USER_DIR") or os.environ.get("HOME", "")
         user_dir = Path(user_home) / ".radical" / "pilot" / "configs"
@@ -486,7 +477,7 @@ class RadicalPilotBackend(ExecutionBackend):
         entry = dict(local_cfg.get(name) or {})
         cores = int(self.resources.get("cores") or _machine_cores())
         entry.update({
-            "cores_per_node": cores + self._raptor_cores(),
+            "cores_per_node": cores + self.raptor_cores(),
             "gpus_per_node": int(self.resources.get("gpus") or 0),
             "fake_resources": True,
             "default_remote_workdir": str(self.run_dir / "sandbox"),
@@ -495,70 +486,464 @@ class RadicalPilotBackend(ExecutionBackend):
         with open(ours / f"resource_{site}.json", "w") as stream:
             json.dump(local_cfg, stream, indent=1)
 
-    def _pilot_description(self) -> Any:
+    def pilot_description(self) -> Any:
         values = dict(self.resources)
         values["exit_on_error"] = False
         if self.local:
-            values["cores"] = int(values.get("cores") or _machine_cores()) + self._raptor_cores()
+            values["cores"] = int(values.get("cores") or _machine_cores()) + self.raptor_cores()
             values.setdefault("sandbox", str(self.run_dir / "sandbox"))
         values.setdefault("job_name", self.run_id)
         return rp.PilotDescription(values)
 
-    def _pilot_cores(self) -> int:
-        if self.resources.get("cores"):
-            return int(self.resources["cores"])
-        rcfg = _known_resources()[self.resources["resource"]]
-        return int(self.resources.get("nodes", 1)) * int(rcfg.get("cores_per_node") or 1)
+    def start(self) -> None:
+        """Blocking: session, managers, pilot. Cleans up after itself if it fails."""
+        try:
+            self._start()
+        except BaseException:
+            self.close()
+            raise
 
-    def _mark(self, name: str) -> None:
-        self.timings.setdefault(name, round(time.monotonic() - self._t0, 3))
-
-    def _start_blocking(self) -> None:
-        self._t0 = time.monotonic()
-        missing = _helpers_missing()
-        if missing:
+    def _start(self) -> None:
+        self.t0 = time.monotonic()
+        if _helpers_missing():
             raise ConfigurationError(availability()[1], config_key="PATH")
         with contextlib.suppress(Exception):
             reaped = reap_orphans()
             if reaped:
                 logger.warning("Killed %d RADICAL-Pilot processes left by dead clients", reaped)
-        for sub in ("tmp", "base", "client"):
+        for sub in ("tmp", "base", "client", "cancelled"):
             (self.run_dir / sub).mkdir(parents=True, exist_ok=True)
         if self.local:
-            self._write_local_config()
-        _live_runs.add(self)
+            self.write_local_config()
+        _live_runs[self.run_id] = self
         cfg = {"base": str(self.run_dir), "path": str(self.run_dir / "client"),
                "client_sandbox": str(self.run_dir / "client")}
-        with _patched_environ(self._environment()):
-            self._session = rp.Session(uid=self.run_id, cfg=cfg)
-            self._mark("session")
-            self._pmgr = rp.PilotManager(session=self._session)
-            self._tmgr = rp.TaskManager(session=self._session)
-            self._tmgr.register_callback(self._task_callback)
+        with _patched_environ(self.environment()):
+            self.session = rp.Session(uid=self.run_id, cfg=cfg)
+            self.mark("session")
+            self.pmgr = rp.PilotManager(session=self.session)
+            self.tmgr = rp.TaskManager(session=self.session)
+            self.tmgr.register_callback(self.task_callback)
             # (Pilot.register_callback calls back with `[pilot]`, the manager's with
             # `(pilot, state)` as documented: use the manager's.)
-            self._pmgr.register_callback(self._pilot_callback)
-            self._pilot = self._pmgr.submit_pilots(self._pilot_description())
-            self._tmgr.add_pilots(self._pilot)
-        self._mark("pilot_submitted")
+            self.pmgr.register_callback(self.pilot_callback)
+            self.pilot = self.pmgr.submit_pilots(self.pilot_description())
+            self.tmgr.add_pilots(self.pilot)
+        self.mark("pilot_submitted")
 
-    async def _start(self) -> None:
-        self._raptor_lock = asyncio.Lock()
-        self.exec_cores = self._pilot_cores()
+    def wait_active(self, timeout: float | None) -> None:
+        state = self.pilot.wait([rp.PMGR_ACTIVE, *rp.FINAL], timeout)
+        if state != rp.PMGR_ACTIVE:
+            raise self.pilot_error or self.pilot_lost(state)
+
+    # ---------------------------------------------------------------- raptor
+    def ensure_raptor(self) -> Any:
+        """Blocking: the raptor master, started with its workers on first use."""
+        with self.raptor_lock:
+            if self.raptor_error is not None:
+                raise self.raptor_error
+            if self.master is None:
+                self.master = self._start_raptor()
+            return self.master
+
+    def _pythonpath(self) -> str:
+        """The client's import path, so the worker can unpickle the client's functions."""
+        entries = [entry or os.getcwd() for entry in sys.path]
+        return os.pathsep.join(dict.fromkeys(e for e in entries if os.path.isdir(e)))
+
+    def _start_raptor(self) -> Any:
+        config = self.raptor_config
+        assert config is not None
+        environment = {"PYTHONPATH": self._pythonpath()} if self.local else {}
+        master_uid = f"raptor.{self.run_id}"
+        worker_uids = [f"{master_uid}.worker.{i}" for i in range(config["workers"])]
+        with self.lock:
+            self.raptor_uids.update([master_uid, *worker_uids])
+        master = self.pilot.submit_raptors([rp.TaskDescription({
+            "uid": master_uid, "mode": rp.RAPTOR_MASTER,
+            "ranks": 1, "cores_per_rank": 1, "environment": dict(environment),
+        })])[0]
+        worker_class: dict[str, str] = {"raptor_class": "DefaultWorker"}
+        if self.local and os.environ.get("RHAPSODY_RP_DEFAULT_WORKER") != "1":
+            worker_class = {"raptor_class": "RhapsodyWorker",
+                            "raptor_file": str(Path(__file__).with_name("_rp_worker.py"))}
+        self.workers = master.submit_workers([
+            rp.TaskDescription({
+                **worker_class, "uid": uid, "mode": rp.RAPTOR_WORKER,
+                "ranks": 1, "cores_per_rank": config["cores_per_worker"],
+                "gpus_per_rank": config["gpus_per_worker"], "environment": dict(environment),
+            })
+            for uid in worker_uids
+        ])
+        self.mark("raptor_submitted")
+        return master
+
+    # ----------------------------------------------------------------- tasks
+    def register(self, backend: RadicalPilotBackend, uid: str, function: bool) -> str:
+        rp_uid = f"rh.{next(self.rp_counter):06d}"
+        with self.lock:
+            self.tasks[rp_uid] = (backend, uid, backend.attempt_of(uid), function)
+        return rp_uid
+
+    def forget(self, backend: RadicalPilotBackend) -> None:
+        with self.lock:
+            for rp_uid in [k for k, v in self.tasks.items() if v[0] is backend]:
+                del self.tasks[rp_uid]
+
+    def submit(self, executables: list[Any], functions: list[Any]) -> None:
+        """Blocking: hand descriptions to RP in bulk."""
+        if executables:
+            self.tmgr.submit_tasks(executables)
+        if functions:
+            self.ensure_raptor().submit_tasks(functions)
+
+    def cancel_marker(self, rp_uid: str) -> str | None:
+        """File whose existence tells a function task it was cancelled (local pilots)."""
+        return str(self.run_dir / "cancelled" / rp_uid) if self.local else None
+
+    def _stop_functions(self, rp_uids: list[str]) -> None:
+        """Raptor cannot cancel function tasks: mark them, and SIGTERM running ones.
+
+        The marker is created first and the pid read after it: a task announces its
+        pid only once its SIGTERM handler is installed, and checks the marker after
+        that, so every cancelled call either sees the marker or gets the signal.
+        """
+        if not self.local or not rp_uids:
+            return
+        for rp_uid in rp_uids:
+            marker = self.cancel_marker(rp_uid)
+            assert marker is not None
+            Path(marker).touch()
+            with contextlib.suppress(OSError, ValueError, psutil.Error):
+                pid_file = Path(f"{marker}.pid")
+                process = psutil.Process(int(pid_file.read_text()))
+                # A process started after the pid file was written reuses the pid.
+                if process.create_time() <= pid_file.stat().st_mtime + 0.01:
+                    process.send_signal(signal.SIGTERM)
+
+    def cancel(self, rp_uids: list[str]) -> None:
+        """Ask RP to cancel executables; stop function tasks ourselves (see above)."""
+        executables, dropped = [], []
+        with self.lock:
+            for rp_uid in rp_uids:
+                entry = self.tasks.get(rp_uid)
+                if entry is None:
+                    continue
+                if entry[3]:
+                    del self.tasks[rp_uid]
+                    dropped.append((rp_uid, entry))
+                else:
+                    executables.append(rp_uid)
         try:
-            await asyncio.to_thread(self._start_blocking)
-        except BaseException:
-            await asyncio.to_thread(self._close_blocking)
-            raise
+            self._stop_functions([rp_uid for rp_uid, _ in dropped])
+        except Exception:
+            logger.exception("radical_pilot: could not stop function tasks")
+        for _, (backend, uid, _, _) in dropped:
+            backend._report(uid, TaskState.CANCELED)
+        if executables and self.tmgr is not None:
+            self.tmgr.cancel_tasks(executables)
+
+    # ------------------------------------------------------------- callbacks
+    def task_callback(self, rp_task: Any, state: str) -> None:
+        """RP's listener thread: translate and hand over; never blocks, never raises."""
+        try:
+            rp_uid = rp_task.uid
+            if rp_uid in self.raptor_uids:
+                self.raptor_callback(rp_task, state)
+                return
+            mapped = RP_TO_TASK_STATE.get(state)
+            if mapped is None or not (mapped is TaskState.EXECUTING or mapped.is_terminal):
+                return
+            with self.lock:
+                entry = self.tasks.get(rp_uid)
+                if entry is None:
+                    return
+                if mapped.is_terminal:
+                    del self.tasks[rp_uid]
+            backend, uid, attempt, function = entry
+            if backend.attempt_of(uid) != attempt:
+                return  # a late report of an earlier attempt
+            if mapped is TaskState.EXECUTING:
+                backend._report(uid, TaskState.EXECUTING)
+            else:
+                state_out, results = self.results(rp_task, mapped, function)
+                backend._report(uid, state_out, **results)
+        except Exception:
+            logger.exception("radical_pilot: failed to handle %s -> %s", rp_task.uid, state)
+
+    def results(self, rp_task: Any, state: TaskState, function: bool) -> tuple[TaskState, dict]:
+        if state is TaskState.CANCELED:
+            return state, {}
+        stdout = self.full_output(rp_task, "out", rp_task.stdout)
+        stderr = self.full_output(rp_task, "err", rp_task.stderr)
+        exit_code = rp_task.exit_code
+        results: dict[str, Any] = {"stdout": stdout, "stderr": stderr, "exit_code": exit_code}
+        if function:
+            results.pop("exit_code")
+            if state is TaskState.COMPLETED and isinstance(rp_task.return_value, str):
+                try:
+                    ok, value = _rp_call.decode_result(rp_task.return_value)
+                except Exception as error:
+                    return TaskState.FAILED, {**results, "exception": BackendError(
+                        f"Could not unpickle the result of {rp_task.uid}: {error!r}",
+                        BACKEND_TYPE)}
+                if ok:
+                    return TaskState.COMPLETED, {**results, "return_value": value}
+                return TaskState.FAILED, {**results, "exception": value}
+        if state is TaskState.COMPLETED and not function:
+            return state, results
+        # FAILED (or a function without a result): RP lost the task (pilot, worker)
+        # unless an exit code says enough.
+        if exit_code in (None, 0) or function:
+            results["exception"] = self.lost_task_error(rp_task)
+        return TaskState.FAILED, results
+
+    def full_output(self, rp_task: Any, suffix: str, fallback: str | None) -> str:
+        """RP keeps the last 1024 chars; read the whole file from a local sandbox."""
+        if self.local and rp_task.mode == rp.TASK_EXECUTABLE:
+            with contextlib.suppress(Exception):
+                sandbox = ru.Url(rp_task.sandbox).path
+                path = Path(sandbox) / f"{rp_task.uid}.{suffix}"
+                if path.is_file():
+                    return path.read_text(errors="replace")
+        return fallback or ""
+
+    def lost_task_error(self, rp_task: Any) -> BackendError:
+        if self.pilot_error is not None:
+            return self.pilot_error
+        pilot_state = self.pilot.state if self.pilot is not None else None
+        if pilot_state in rp.FINAL:
+            return self.pilot_lost(pilot_state)
+        if self.raptor_error is not None and rp_task.mode == rp.TASK_FUNCTION:
+            return self.raptor_error
+        return BackendError(
+            f"RADICAL-Pilot failed task {rp_task.uid} ({rp_task.name}): "
+            f"{rp_task.exception or 'no reason given'}",
+            BACKEND_TYPE,
+            details={"rp_uid": rp_task.uid, "exception_detail": rp_task.exception_detail},
+        )
+
+    @property
+    def pilot_sandbox(self) -> str | None:
+        return None if self.pilot is None else ru.Url(self.pilot.pilot_sandbox).path
+
+    def pilot_lost(self, state: str | None) -> BackendError:
+        runtime = self.resources.get("runtime")
+        reason = ""
+        with contextlib.suppress(Exception):
+            reason = (self.pilot.stderr or "").strip()[-500:]
+        hint = (
+            f"it ran out of its runtime of {runtime} min (resources={{'runtime': ...}})"
+            if state == rp.DONE
+            else f"see the pilot's logs in {self.pilot_sandbox or 'its sandbox'}"
+        )
+        return BackendError(
+            f"RADICAL-Pilot pilot {getattr(self.pilot, 'uid', '?')} on "
+            f"{self.resources['resource']} ended in state {state}: {hint}; its unfinished "
+            f"tasks failed" + (f"\n{reason}" if reason else ""),
+            BACKEND_TYPE,
+            details={"pilot_state": state},
+        )
+
+    def fail_tasks(self, error: BackendError, functions_only: bool = False) -> None:
+        with self.lock:
+            lost = [(k, v) for k, v in self.tasks.items() if v[3] or not functions_only]
+            for rp_uid, _ in lost:
+                del self.tasks[rp_uid]
+        for _, (backend, uid, _, _) in lost:
+            backend._report(uid, TaskState.FAILED, exception=error)
+
+    def pilot_callback(self, pilot: Any, state: str | None = None) -> None:
+        try:
+            if isinstance(pilot, list):  # RP's bulk callback mode
+                for one in pilot:
+                    self.pilot_callback(one, one.state)
+                return
+            state = state or pilot.state
+            if state == rp.PMGR_ACTIVE:
+                self.mark("pilot_active")
+            if state not in rp.FINAL or self.closing or self.pilot_error is not None:
+                return
+            self.pilot_error = self.pilot_lost(state)
+            logger.error("%s", self.pilot_error.message)
+            self.fail_tasks(self.pilot_error)
+        except Exception:
+            logger.exception("radical_pilot: failed to handle pilot state %s", state)
+
+    def raptor_callback(self, rp_task: Any, state: str) -> None:
+        is_master = rp_task.mode == rp.RAPTOR_MASTER
+        if state == rp.AGENT_EXECUTING:
+            self.mark("raptor_master_running" if is_master else "raptor_worker_running")
+        if state not in rp.FINAL or self.closing:
+            return
+        detail = (rp_task.stderr or rp_task.stdout or "").strip()[-500:]
+        self.raptor_error = BackendError(
+            f"The raptor {'master' if is_master else 'worker'} {rp_task.uid} ended in "
+            f"state {state}; function tasks cannot run" + (f"\n{detail}" if detail else ""),
+            BACKEND_TYPE,
+        )
+        self.fail_tasks(self.raptor_error, functions_only=True)
+
+    # ----------------------------------------------------------------- close
+    def close(self) -> None:
+        """Blocking: close the session, reap every process, remove or keep the files."""
+        if self.closed:
+            return
+        self.closing = True
+        self.closed = True
+        t0 = time.monotonic()
+        if self.session is not None:
+            closer = threading.Thread(target=self._close_session, daemon=True, name="rp-close")
+            closer.start()
+            closer.join(CLOSE_TIMEOUT)
+            if closer.is_alive():
+                logger.warning("radical_pilot: session.close() still busy after %ss; "
+                               "killing its processes", CLOSE_TIMEOUT)
+        with contextlib.suppress(Exception):
+            reaped = reap_run(self.run_id)
+            if reaped:
+                logger.debug("radical_pilot: reaped %d leftover processes", reaped)
+        _live_runs.pop(self.run_id, None)
+        self.timings["close"] = round(time.monotonic() - t0, 3)
+        if not self.keep_sandbox:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+            if self.default_work_dir:  # leave no empty ./.rhapsody behind
+                for directory in (self.work_dir, self.work_dir.parent):
+                    with contextlib.suppress(OSError):
+                        directory.rmdir()
+        else:
+            logger.info("radical_pilot: kept session and sandboxes in %s", self.run_dir)
+
+    def _close_session(self) -> None:
+        try:
+            self.session.close(download=False, terminate=True)
+        except Exception:
+            logger.exception("radical_pilot: session.close() failed")
+
+
+def close_shared_pilots() -> None:
+    """Close every pilot shared by `shared=True` backends (also done at exit)."""
+    with _shared_lock:
+        runs = list(_shared_runs.values())
+        _shared_runs.clear()
+    for run in runs:
+        run.close()
+
+
+@atexit.register
+def _close_at_exit() -> None:
+    """Shared pilots end with the program; runs never terminated are reaped."""
+    with contextlib.suppress(Exception):
+        close_shared_pilots()
+    for run in list(_live_runs.values()):
+        with contextlib.suppress(Exception):
+            reap_run(run.run_id)
+
+
+# --------------------------------------------------------------------- backend
+class RadicalPilotBackend(ExecutionBackend):
+    """RHAPSODY tasks on one RADICAL-Pilot pilot (see the module docstring).
+
+    Args:
+        resources: pilot description keys (resource, cores, nodes, gpus, runtime [min],
+            queue, project, access_schema, sandbox, ...). Default: `local.localhost`
+            with this machine's cores, runtime 1440 min.
+        work_dir: directory for the session, sandbox, RP config and temp files
+            (default `./.rhapsody/radical_pilot`); each run uses a subdirectory.
+        keep_sandbox: keep that subdirectory (logs, task sandboxes) after the run.
+        raptor: True (default sizing), False (no function tasks) or a dict with
+            `workers`, `cores_per_worker`, `gpus_per_worker`. On `local.localhost` the
+            raptor master and workers get cores on top of the machine's.
+        shared: share one session and pilot with every other `shared=True` backend of
+            the same configuration in this process: the first one starts it,
+            `terminate()` only detaches, and the pilot is closed by
+            `close_shared_pilots()` or at exit. Saves the pilot start (20-30 s) for
+            each flow run or test.
+    """
+
+    backend_type = BACKEND_TYPE
+
+    def __init__(
+        self,
+        resources: Mapping[str, Any] | None = None,
+        *,
+        work_dir: str | os.PathLike[str] | None = None,
+        keep_sandbox: bool = False,
+        raptor: bool | Mapping[str, Any] | None = True,
+        shared: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.resources = validate_resources(resources)
+        self.raptor_config = validate_raptor(raptor)
+        if work_dir is not None and not isinstance(work_dir, (str, os.PathLike)):
+            raise ConfigurationError(f"work_dir must be a path, got {work_dir!r}", "work_dir")
+        for name, flag in (("keep_sandbox", keep_sandbox), ("shared", shared)):
+            if not isinstance(flag, bool):
+                raise ConfigurationError(f"{name} must be a bool, got {flag!r}", name)
+        self._default_work_dir = work_dir is None
+        self.work_dir = Path(work_dir or Path.cwd() / ".rhapsody" / "radical_pilot").absolute()
+        self.keep_sandbox = keep_sandbox
+        self.shared = shared
+        self.local = is_local(self.resources["resource"])
+        self._run: _Run | None = None if shared else self._new_run()
+        self._current: dict[str, str] = {}  # uid -> rp uid of its latest attempt
+        self.exec_cores: int | None = None  # cores an executable task may use
+
+    def _new_run(self) -> _Run:
+        return _Run(self.resources, self.raptor_config, self.work_dir, self.keep_sandbox,
+                    self._default_work_dir, self.shared)
+
+    def _share_key(self) -> str:
+        return json.dumps([self.resources, self.raptor_config, str(self.work_dir),
+                           self.keep_sandbox], sort_keys=True, default=str)
+
+    @property
+    def run_id(self) -> str | None:
+        """Name of the run directory (and RP session uid); None before a shared start."""
+        return None if self._run is None else self._run.run_id
+
+    @property
+    def run_dir(self) -> Path | None:
+        return None if self._run is None else self._run.run_dir
+
+    @property
+    def timings(self) -> dict[str, float]:
+        """Seconds since the run started: session, pilot_submitted, pilot_active, ..."""
+        return {} if self._run is None else dict(self._run.timings)
+
+    @property
+    def pilot_sandbox(self) -> str | None:
+        return None if self._run is None else self._run.pilot_sandbox
+
+    # ------------------------------------------------------------------ start
+    async def _start(self) -> None:
+        if self.shared:
+            self._run = await asyncio.to_thread(self._shared_run)
+        else:
+            assert self._run is not None
+            await asyncio.to_thread(self._run.start)
+        self.exec_cores = self._run.exec_cores()
+
+    def _shared_run(self) -> _Run:
+        key = self._share_key()
+        with _shared_lock:
+            run = _shared_runs.get(key)
+            if run is not None and (run.pilot_error is not None or run.closed):
+                del _shared_runs[key]
+                run.close()
+                run = None
+            if run is None:
+                run = self._new_run()
+                run.start()
+                _shared_runs[key] = run
+            return run
 
     async def wait_active(self, timeout: float | None = None) -> None:
         """Start the backend and wait until its pilot runs (handy before timing)."""
         await self.start()
-        state = await asyncio.to_thread(
-            self._pilot.wait, [rp.PMGR_ACTIVE, *rp.FINAL], timeout
-        )
-        if state != rp.PMGR_ACTIVE:
-            raise self._pilot_lost(state)
+        assert self._run is not None
+        await asyncio.to_thread(self._run.wait_active, timeout)
 
     # ------------------------------------------------------------ validation
     def _check_task(self, task: TaskDict) -> None:
@@ -576,37 +961,7 @@ class RadicalPilotBackend(ExecutionBackend):
         gpus = task["gpus_per_rank"]
         total_gpus = int(self.resources.get("gpus") or 0)
         if is_function_task(task):
-            raptor = self.raptor_config
-            if raptor is None:
-                raise ConfigurationError(
-                    f"Task '{uid}' is a function task, but this radical_pilot backend was "
-                    "created with raptor=False",
-                    config_key="raptor",
-                )
-            if task["ranks"] != 1:
-                raise ConfigurationError(
-                    f"Task '{uid}': function tasks run in a raptor worker with ranks=1; "
-                    f"got ranks={task['ranks']} (run MPI programs as executable tasks)",
-                    config_key="ranks",
-                )
-            if task["cores_per_rank"] > raptor["cores_per_worker"]:
-                raise ConfigurationError(
-                    f"Task '{uid}' needs {task['cores_per_rank']} cores but a raptor worker "
-                    f"has {raptor['cores_per_worker']} (raptor={{'cores_per_worker': ...}})",
-                    config_key="cores_per_rank",
-                )
-            if gpus > raptor["gpus_per_worker"]:
-                raise ConfigurationError(
-                    f"Task '{uid}' needs {gpus} GPUs but a raptor worker has "
-                    f"{raptor['gpus_per_worker']} (raptor={{'gpus_per_worker': ...}})",
-                    config_key="gpus_per_rank",
-                )
-            if task["pre_exec"]:
-                raise ConfigurationError(
-                    f"Task '{uid}': pre_exec is not supported for function tasks "
-                    "(they run inside a raptor worker)",
-                    config_key="pre_exec",
-                )
+            self._check_function_task(task)
             return
         if self.exec_cores is not None and task_slots(task) > self.exec_cores:
             raise ConfigurationError(
@@ -629,15 +984,45 @@ class RadicalPilotBackend(ExecutionBackend):
                 config_key="ranks",
             )
 
+    def _check_function_task(self, task: TaskDict) -> None:
+        uid = task["uid"]
+        raptor = self.raptor_config
+        if raptor is None:
+            raise ConfigurationError(
+                f"Task '{uid}' is a function task, but this radical_pilot backend was "
+                "created with raptor=False",
+                config_key="raptor",
+            )
+        if task["ranks"] != 1:
+            raise ConfigurationError(
+                f"Task '{uid}': function tasks run in a raptor worker with ranks=1; "
+                f"got ranks={task['ranks']} (run MPI programs as executable tasks)",
+                config_key="ranks",
+            )
+        if task["cores_per_rank"] > raptor["cores_per_worker"]:
+            raise ConfigurationError(
+                f"Task '{uid}' needs {task['cores_per_rank']} cores but a raptor worker "
+                f"has {raptor['cores_per_worker']} (raptor={{'cores_per_worker': ...}})",
+                config_key="cores_per_rank",
+            )
+        if task["gpus_per_rank"] > raptor["gpus_per_worker"]:
+            raise ConfigurationError(
+                f"Task '{uid}' needs {task['gpus_per_rank']} GPUs but a raptor worker has "
+                f"{raptor['gpus_per_worker']} (raptor={{'gpus_per_worker': ...}})",
+                config_key="gpus_per_rank",
+            )
+        if task["pre_exec"]:
+            raise ConfigurationError(
+                f"Task '{uid}': pre_exec is not supported for function tasks "
+                "(they run inside a raptor worker)",
+                config_key="pre_exec",
+            )
+
     # ---------------------------------------------------------- descriptions
-    def _new_rp_uid(self, uid: str, attempt: int, function: bool) -> str:
-        rp_uid = f"rh.{next(self._rp_counter):06d}"
-        with self._lock:
-            previous = self._current.get(uid)
-            if previous:
-                self._by_rp_uid.pop(previous, None)
-            self._by_rp_uid[rp_uid] = (uid, attempt, function)
-            self._current[uid] = rp_uid
+    def _rp_uid(self, uid: str, function: bool) -> str:
+        assert self._run is not None
+        rp_uid = self._run.register(self, uid, function)
+        self._current[uid] = rp_uid
         return rp_uid
 
     def _executable_description(self, task: TaskDict) -> Any:
@@ -649,7 +1034,7 @@ class RadicalPilotBackend(ExecutionBackend):
         if task.get("cwd"):
             pre_exec.insert(0, f"cd {shlex.quote(task['cwd'])}")
         values: dict[str, Any] = {
-            "uid": self._new_rp_uid(task["uid"], self.attempt_of(task["uid"]), False),
+            "uid": self._rp_uid(task["uid"], False),
             "name": task["uid"],
             "mode": rp.TASK_EXECUTABLE,
             # RP puts arguments in double quotes, so its shell would expand `$X` and
@@ -666,13 +1051,16 @@ class RadicalPilotBackend(ExecutionBackend):
         return rp.TaskDescription(values)
 
     def _function_description(self, task: TaskDict) -> Any:
+        rp_uid = self._rp_uid(task["uid"], True)
+        assert self._run is not None
         payload = _rp_call.encode_payload(
-            task["function"], task["args"], task["kwargs"], task.get("cwd")
+            task["function"], task["args"], task["kwargs"], task.get("cwd"),
+            self._run.cancel_marker(rp_uid),
         )
         # The serialized form raptor's PythonTask uses: the call runs `run_payload`.
         wrapped = {"func": pickle.dumps(_rp_call.run_payload), "args": (payload,), "kwargs": {}}
         values: dict[str, Any] = {
-            "uid": self._new_rp_uid(task["uid"], self.attempt_of(task["uid"]), True),
+            "uid": rp_uid,
             "name": task["uid"],
             "mode": rp.TASK_FUNCTION,
             "function": base64.b64encode(pickle.dumps(wrapped)).decode("ascii"),
@@ -684,10 +1072,12 @@ class RadicalPilotBackend(ExecutionBackend):
         values.update(task.get("backend_kwargs") or {})
         return rp.TaskDescription(values)
 
-    # ---------------------------------------------------------------- launch
+    # ------------------------------------------------------------------ hooks
     async def _launch(self, tasks: list[TaskDict]) -> None:
-        if self._pilot_error is not None:
-            raise self._pilot_error
+        run = self._run
+        assert run is not None
+        if run.pilot_error is not None:
+            raise run.pilot_error
         executables, functions = [], []
         for task in tasks:
             try:
@@ -697,253 +1087,24 @@ class RadicalPilotBackend(ExecutionBackend):
                     executables.append(self._executable_description(task))
             except Exception as error:  # e.g. a function that cannot be pickled
                 self._report(task["uid"], TaskState.FAILED, exception=error)
-        if executables:
-            await asyncio.to_thread(self._tmgr.submit_tasks, executables)
-        if functions:
-            master = await self._ensure_raptor()
-            await asyncio.to_thread(master.submit_tasks, functions)
+        await asyncio.to_thread(run.submit, executables, functions)
 
-    def _pythonpath(self) -> str:
-        """The client's import path, so the worker can unpickle the client's functions."""
-        entries = [entry or os.getcwd() for entry in sys.path]
-        return os.pathsep.join(dict.fromkeys(e for e in entries if os.path.isdir(e)))
-
-    async def _ensure_raptor(self) -> Any:
-        assert self._raptor_lock is not None
-        async with self._raptor_lock:
-            if self._raptor_error is not None:
-                raise self._raptor_error
-            if self._master is None:
-                self._master = await asyncio.to_thread(self._start_raptor)
-            return self._master
-
-    def _start_raptor(self) -> Any:
-        config = self.raptor_config
-        assert config is not None
-        environment = {"PYTHONPATH": self._pythonpath()} if self.local else {}
-        master_td = rp.TaskDescription({
-            "uid": f"raptor.{self.run_id}", "mode": rp.RAPTOR_MASTER,
-            "ranks": 1, "cores_per_rank": 1, "environment": dict(environment),
-        })
-        with self._lock:
-            self._raptor_uids.add(master_td.uid)
-        master = self._pilot.submit_raptors([master_td])[0]
-        worker_tds = []
-        for index in range(config["workers"]):
-            worker_td = rp.TaskDescription({
-                "uid": f"{master.uid}.worker.{index}", "mode": rp.RAPTOR_WORKER,
-                "raptor_class": "DefaultWorker", "ranks": 1,
-                "cores_per_rank": config["cores_per_worker"],
-                "gpus_per_rank": config["gpus_per_worker"],
-                "environment": dict(environment),
-            })
-            worker_tds.append(worker_td)
-        with self._lock:
-            self._raptor_uids.update(td.uid for td in worker_tds)
-        self._workers = master.submit_workers(worker_tds)
-        self._mark("raptor_submitted")
-        return master
-
-    # ---------------------------------------------------------------- cancel
     async def _cancel(self, uids: list[str]) -> None:
-        executables = []
-        with self._lock:
-            for uid in uids:
-                rp_uid = self._current.get(uid)
-                if rp_uid is None or rp_uid not in self._by_rp_uid:
-                    continue
-                if self._by_rp_uid[rp_uid][2]:
-                    # Raptor cannot cancel a function task: stop waiting for it (the
-                    # call runs to its end in the worker; its result is dropped).
-                    self._by_rp_uid.pop(rp_uid, None)
-                    self._report(uid, TaskState.CANCELED)
-                else:
-                    executables.append(rp_uid)
-        if executables and self._tmgr is not None:
-            await asyncio.to_thread(self._tmgr.cancel_tasks, executables)
+        if self._run is not None:
+            rp_uids = [self._current[uid] for uid in uids if uid in self._current]
+            await asyncio.to_thread(self._run.cancel, rp_uids)
 
-    # ------------------------------------------------------------- callbacks
-    def _task_callback(self, rp_task: Any, state: str) -> None:
-        """RP's listener thread: translate and hand over; never blocks, never raises."""
-        try:
-            rp_uid = rp_task.uid
-            if rp_uid in self._raptor_uids:
-                self._raptor_callback(rp_task, state)
-                return
-            mapped = RP_TO_TASK_STATE.get(state)
-            if mapped is None or not (mapped is TaskState.EXECUTING or mapped.is_terminal):
-                return
-            with self._lock:
-                entry = self._by_rp_uid.get(rp_uid)
-                if entry is None:
-                    return
-                if mapped.is_terminal:
-                    del self._by_rp_uid[rp_uid]
-            uid, attempt, function = entry
-            if self.attempt_of(uid) != attempt:
-                return  # a late report of an earlier attempt
-            if mapped is TaskState.EXECUTING:
-                self._report(uid, TaskState.EXECUTING)
-            else:
-                state_out, results = self._results(rp_task, mapped, function)
-                self._report(uid, state_out, **results)
-        except Exception:
-            logger.exception("radical_pilot: failed to handle %s -> %s", rp_task.uid, state)
-
-    def _results(self, rp_task: Any, state: TaskState, function: bool) -> tuple[TaskState, dict]:
-        if state is TaskState.CANCELED:
-            return state, {}
-        stdout = self._full_output(rp_task, "out", rp_task.stdout)
-        stderr = self._full_output(rp_task, "err", rp_task.stderr)
-        exit_code = rp_task.exit_code
-        results: dict[str, Any] = {"stdout": stdout, "stderr": stderr, "exit_code": exit_code}
-        if function:
-            results.pop("exit_code")
-            if state is TaskState.COMPLETED and isinstance(rp_task.return_value, str):
-                try:
-                    ok, value = _rp_call.decode_result(rp_task.return_value)
-                except Exception as error:
-                    return TaskState.FAILED, {**results, "exception": BackendError(
-                        f"Could not unpickle the result of {rp_task.uid}: {error!r}",
-                        BACKEND_TYPE)}
-                if ok:
-                    return TaskState.COMPLETED, {**results, "return_value": value}
-                return TaskState.FAILED, {**results, "exception": value}
-        if state is TaskState.COMPLETED:
-            return state, results
-        # FAILED: an exit code says enough; otherwise RP lost the task (pilot, worker).
-        if exit_code in (None, 0) or function:
-            results["exception"] = self._lost_task_error(rp_task)
-        return TaskState.FAILED, results
-
-    def _full_output(self, rp_task: Any, suffix: str, fallback: str | None) -> str:
-        """RP keeps the last 1024 chars; read the whole file from a local sandbox."""
-        if self.local and rp_task.mode == rp.TASK_EXECUTABLE:
-            with contextlib.suppress(Exception):
-                sandbox = ru.Url(rp_task.sandbox).path
-                path = Path(sandbox) / f"{rp_task.uid}.{suffix}"
-                if path.is_file():
-                    return path.read_text(errors="replace")
-        return fallback or ""
-
-    def _lost_task_error(self, rp_task: Any) -> BackendError:
-        if self._pilot_error is not None:
-            return self._pilot_error
-        pilot_state = self._pilot.state if self._pilot is not None else None
-        if pilot_state in rp.FINAL:
-            return self._pilot_lost(pilot_state)
-        if self._raptor_error is not None and rp_task.mode == rp.TASK_FUNCTION:
-            return self._raptor_error
-        return BackendError(
-            f"RADICAL-Pilot failed task {rp_task.uid} ({rp_task.name}): "
-            f"{rp_task.exception or 'no reason given'}",
-            BACKEND_TYPE,
-            details={"rp_uid": rp_task.uid, "exception_detail": rp_task.exception_detail},
-        )
-
-    def _pilot_lost(self, state: str | None) -> BackendError:
-        pilot = self._pilot
-        runtime = self.resources.get("runtime")
-        reason = ""
-        with contextlib.suppress(Exception):
-            reason = (pilot.stderr or "").strip()[-500:]
-        hint = (
-            f"it ran out of its runtime of {runtime} min (resources={{'runtime': ...}})"
-            if state == rp.DONE
-            else f"see the pilot's logs in {self.pilot_sandbox or 'its sandbox'}"
-        )
-        return BackendError(
-            f"RADICAL-Pilot pilot {getattr(pilot, 'uid', '?')} on "
-            f"{self.resources['resource']} ended in state {state}: {hint}; its unfinished "
-            f"tasks failed" + (f"\n{reason}" if reason else ""),
-            BACKEND_TYPE,
-            details={"pilot_state": state},
-        )
-
-    def _pilot_callback(self, pilot: Any, state: str | None = None) -> None:
-        try:
-            if isinstance(pilot, list):  # RP's bulk callback mode
-                for one in pilot:
-                    self._pilot_callback(one, one.state)
-                return
-            state = state or pilot.state
-            if state == rp.PMGR_ACTIVE:
-                self._mark("pilot_active")
-            if state not in rp.FINAL or self._closing or self._pilot_error is not None:
-                return
-            self._pilot_error = self._pilot_lost(state)
-            logger.error("%s", self._pilot_error.message)
-            self._fail_outstanding(self._pilot_error)
-        except Exception:
-            logger.exception("radical_pilot: failed to handle pilot state %s", state)
-
-    def _raptor_callback(self, rp_task: Any, state: str) -> None:
-        if state == rp.AGENT_EXECUTING:
-            self._mark("raptor_master_running" if rp_task.mode == rp.RAPTOR_MASTER
-                       else "raptor_worker_running")
-        if state not in rp.FINAL or self._closing:
-            return
-        detail = (rp_task.stderr or rp_task.stdout or "").strip()[-500:]
-        error = BackendError(
-            f"The raptor {'master' if rp_task.mode == rp.RAPTOR_MASTER else 'worker'} "
-            f"{rp_task.uid} ended in state {state}; function tasks cannot run"
-            + (f"\n{detail}" if detail else ""),
-            BACKEND_TYPE,
-        )
-        self._raptor_error = error
-        with self._lock:
-            lost = [(rp_uid, entry) for rp_uid, entry in self._by_rp_uid.items() if entry[2]]
-            for rp_uid, _ in lost:
-                del self._by_rp_uid[rp_uid]
-        for _, (uid, _, _) in lost:
-            self._report(uid, TaskState.FAILED, exception=error)
-
-    # -------------------------------------------------------------- shutdown
     async def _shutdown(self) -> None:
-        await asyncio.to_thread(self._close_blocking)
-
-    def _close_blocking(self) -> None:
-        self._closing = True
-        t0 = time.monotonic()
-        session = self._session
-        if session is not None:
-            closer = threading.Thread(
-                target=self._close_session, args=(session,), daemon=True, name="rp-close"
-            )
-            closer.start()
-            closer.join(CLOSE_TIMEOUT)
-            if closer.is_alive():
-                logger.warning("radical_pilot: session.close() still busy after %ss; "
-                               "killing its processes", CLOSE_TIMEOUT)
-        with contextlib.suppress(Exception):
-            reaped = reap_run(self.run_id)
-            if reaped:
-                logger.debug("radical_pilot: reaped %d leftover processes", reaped)
-        _live_runs.discard(self)
-        self.timings["close"] = time.monotonic() - t0
-        if not self.keep_sandbox:
-            shutil.rmtree(self.run_dir, ignore_errors=True)
-            if self._default_work_dir:  # leave no empty ./.rhapsody behind
-                for directory in (self.work_dir, self.work_dir.parent):
-                    with contextlib.suppress(OSError):
-                        directory.rmdir()
-        else:
-            logger.info("radical_pilot: kept session and sandboxes in %s", self.run_dir)
-
-    @staticmethod
-    def _close_session(session: Any) -> None:
-        try:
-            session.close(download=False, terminate=True)
-        except Exception:
-            logger.exception("radical_pilot: session.close() failed")
-
-    @property
-    def pilot_sandbox(self) -> str | None:
-        return None if self._pilot is None else ru.Url(self._pilot.pilot_sandbox).path
+        run = self._run
+        if run is None:
+            return
+        run.forget(self)
+        if not self.shared:
+            await asyncio.to_thread(run.close)
 
     def __repr__(self) -> str:
         return (f"RadicalPilotBackend(resource={self.resources['resource']!r}, "
-                f"run_dir={str(self.run_dir)!r})")
+                f"run_dir={str(self.run_dir)!r}, shared={self.shared})")
 
 
 __all__ = [
@@ -951,6 +1112,7 @@ __all__ = [
     "TASK_STATE_TO_RP",
     "RadicalPilotBackend",
     "availability",
+    "close_shared_pilots",
     "reap_orphans",
     "validate_raptor",
     "validate_resources",
