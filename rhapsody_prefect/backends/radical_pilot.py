@@ -862,6 +862,8 @@ class RadicalPilotBackend(ExecutionBackend):
     """
 
     backend_type = BACKEND_TYPE
+    # RP's submit call is costly per call: collect a Prefect flow's submissions in bulk.
+    launch_batch_delay = 0.05
 
     def __init__(
         self,
