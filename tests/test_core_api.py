@@ -132,7 +132,9 @@ async def test_register_backend_class_and_import_path():
 def test_entry_point_backends_are_discovered(tmp_path, monkeypatch):
     dist = tmp_path / "rhapsody_plugin_demo-1.0.dist-info"
     dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: rhapsody-plugin-demo\nVersion: 1.0\n")
+    (dist / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: rhapsody-plugin-demo\nVersion: 1.0\n"
+    )
     (dist / "entry_points.txt").write_text(
         "[rhapsody.backends]\nplugin_echo = tests.test_core_api:_EchoBackend\n"
     )
