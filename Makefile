@@ -33,10 +33,10 @@ lint: $(VENV)/.installed
 	$(PY) -m ruff check .
 
 test: system-deps $(VENV)/.installed lint
-	$(RUN) $(PY) -m pytest -ra
+	$(RUN) $(PY) -m pytest -ra -m "slow or not slow"
 
 test-fast: $(VENV)/.installed
-	$(RUN) $(PY) -m pytest -ra -m "not slow"
+	$(RUN) $(PY) -m pytest -ra
 
 bench: $(VENV)/.installed
 	$(RUN) $(PY) bench/run.py

@@ -120,6 +120,15 @@ async def test_bad_raptor_options(raptor: object, key: str) -> None:
     assert info.value.config_key == key
 
 
+async def test_default_raptor_worker_has_the_pilots_task_cores() -> None:
+    local = RadicalPilotBackend({"cores": 3})
+    assert local.raptor_config == {"workers": 1, "cores_per_worker": 3, "gpus_per_worker": 0}
+    remote = RadicalPilotBackend({"resource": "ornl.frontier", "nodes": 1})
+    assert remote.raptor_config is not None and remote.raptor_config["cores_per_worker"] == 1
+    sized = RadicalPilotBackend({"cores": 3}, raptor={"workers": 2})
+    assert sized.raptor_config == {"workers": 2, "cores_per_worker": 3, "gpus_per_worker": 0}
+
+
 async def test_remote_resource_accepted_without_starting() -> None:
     backend = RadicalPilotBackend(
         {"resource": "ornl.frontier", "nodes": 2, "project": "ABC123", "queue": "batch"}
@@ -291,7 +300,7 @@ async def test_timeout_and_retry(backend: RadicalPilotBackend, tmp_path: Path) -
         ({"executable": "/bin/true", "backend_kwargs": {"bogus": 1}}, "backend_kwargs.bogus"),
         ({"executable": "/bin/true", "backend_kwargs": {"mode": "x"}}, "backend_kwargs.mode"),
         ({"function": print, "ranks": 2}, "ranks"),
-        ({"function": print, "cores_per_rank": 2}, "cores_per_rank"),
+        ({"function": print, "cores_per_rank": 64}, "cores_per_rank"),
         ({"function": print, "pre_exec": ["true"]}, "pre_exec"),
     ],
 )

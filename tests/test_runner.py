@@ -236,7 +236,7 @@ def test_as_completed_yields_correct_order(runner):
 
     # prefect-dask uses three tasks on a bigger cluster; the backends here have two
     # slots, so two tasks keep the test about ordering, not about queueing.
-    timings = [0.5, 4]
+    timings = [0.5, 6]  # wide apart: RP's raptor forks (and imports) per function task
     with runner:
         futures = [
             runner.submit(sleep_task, parameters={"seconds": s}, wait_for=[])
@@ -353,18 +353,21 @@ def test_cache_policy_and_cache_key_fn(runner, tmp_path):
             handle.write("x")
         return x * 10
 
+    # The result store outlives a test: make this test's cache keys its own.
+    run = str(tmp_path)
+
     @task(cache_policy=INPUTS, persist_result=True)
-    def cached(x: int) -> int:
+    def cached(x: int, run: str) -> int:
         return count_call(x)
 
-    @task(cache_key_fn=lambda ctx, params: f"key-{params['x'] % 2}", persist_result=True)
+    @task(cache_key_fn=lambda ctx, params: f"key-{run}-{params['x'] % 2}", persist_result=True)
     def keyed(x: int) -> int:
         return count_call(x)
 
     @flow(task_runner=runner)
     def test_flow():
-        first = cached.submit(7).result()
-        second = cached.submit(7, return_state=True)
+        first = cached.submit(7, run).result()
+        second = cached.submit(7, run, return_state=True)
         third = keyed.submit(2).result()
         fourth = keyed.submit(4, return_state=True)
         return first, second, third, fourth

@@ -264,10 +264,18 @@ def validate_resources(resources: Mapping[str, Any] | None) -> dict[str, Any]:
     return result
 
 
-def validate_raptor(raptor: bool | Mapping[str, Any] | None) -> dict[str, int] | None:
-    """None (function tasks disabled) or the raptor sizing with defaults filled in."""
+def validate_raptor(
+    raptor: bool | Mapping[str, Any] | None, default_cores: int = 1
+) -> dict[str, int] | None:
+    """None (function tasks disabled) or the raptor sizing with defaults filled in.
+
+    `default_cores` sizes the default worker: on a local pilot the backend passes the
+    pilot's task cores, so function tasks run as parallel as executables (a 1-core
+    worker runs them one at a time).
+    """
+    defaults = {**_RAPTOR_DEFAULTS, "cores_per_worker": default_cores}
     if raptor is None or raptor is True:
-        return dict(_RAPTOR_DEFAULTS)
+        return defaults
     if raptor is False:
         return None
     if not isinstance(raptor, Mapping):
@@ -276,7 +284,7 @@ def validate_raptor(raptor: bool | Mapping[str, Any] | None) -> dict[str, int] |
             f"got {raptor!r}",
             config_key="raptor",
         )
-    result = dict(_RAPTOR_DEFAULTS)
+    result = defaults
     for key, value in raptor.items():
         if key not in _RAPTOR_DEFAULTS:
             raise ConfigurationError(
@@ -877,7 +885,10 @@ class RadicalPilotBackend(ExecutionBackend):
     ) -> None:
         super().__init__(**kwargs)
         self.resources = validate_resources(resources)
-        self.raptor_config = validate_raptor(raptor)
+        self.local = is_local(self.resources["resource"])
+        self.raptor_config = validate_raptor(
+            raptor, int(self.resources.get("cores") or 1) if self.local else 1
+        )
         if work_dir is not None and not isinstance(work_dir, (str, os.PathLike)):
             raise ConfigurationError(f"work_dir must be a path, got {work_dir!r}", "work_dir")
         for name, flag in (("keep_sandbox", keep_sandbox), ("shared", shared)):
@@ -887,7 +898,6 @@ class RadicalPilotBackend(ExecutionBackend):
         self.work_dir = Path(work_dir or Path.cwd() / ".rhapsody" / "radical_pilot").absolute()
         self.keep_sandbox = keep_sandbox
         self.shared = shared
-        self.local = is_local(self.resources["resource"])
         self._run: _Run | None = None if shared else self._new_run()
         self._current: dict[str, str] = {}  # uid -> rp uid of its latest attempt
         self.exec_cores: int | None = None  # cores an executable task may use
