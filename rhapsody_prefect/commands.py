@@ -16,6 +16,7 @@ kills the command and everything it started.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import dataclasses
 import os
@@ -23,6 +24,7 @@ import shlex
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -109,7 +111,12 @@ def run_command(
         CommandStopped: `stop()` returned True (the process group is killed).
         FileNotFoundError: the executable does not exist.
     """
-    process = subprocess.Popen(
+    process = _popen(task)
+    return _finish(process, timeout, stop, poll_interval)
+
+
+def _popen(task: Mapping[str, Any]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
         command_argv(task),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
@@ -118,6 +125,15 @@ def run_command(
         cwd=task.get("cwd"),
         start_new_session=True,
     )
+
+
+def _finish(
+    process: subprocess.Popen[bytes],
+    timeout: float | None = None,
+    stop: Callable[[], bool] | None = None,
+    poll_interval: float = 0.1,
+) -> CommandResult:
+    """Collect the output and exit code; the process group is killed on the way out."""
     try:
         if stop is None:
             stdout, stderr = process.communicate(timeout=timeout)
@@ -156,31 +172,55 @@ def _communicate_until_stopped(
                 raise CommandStopped(f"Command {process.args!r} was stopped") from None
 
 
-async def run_command_async(task: Mapping[str, Any]) -> CommandResult:
-    """Run the task's command without blocking the event loop.
+class _Launch:
+    """A command started in a worker thread, which the event loop can stop at any time.
 
-    Cancelling the awaiting coroutine kills the command's whole process group.
+    The lock makes "cancelled before the process exists" and "kill the running
+    process" one decision: a cancelled launch never starts its process.
     """
-    process = await asyncio.create_subprocess_exec(
-        *command_argv(task),
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=command_env(task),
-        cwd=task.get("cwd"),
-        start_new_session=True,
-    )
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._cancelled = False
+        self._pid: int | None = None
+
+    def run(self, task: Mapping[str, Any]) -> CommandResult | None:
+        with self._lock:
+            if self._cancelled:
+                return None
+            process = _popen(task)
+            self._pid = process.pid
+        return _finish(process)
+
+    def cancel(self) -> None:
+        with self._lock:
+            self._cancelled = True
+            pid = self._pid
+        if pid is not None:
+            kill_process_group(pid)
+
+
+async def run_command_async(
+    task: Mapping[str, Any], executor: concurrent.futures.Executor | None = None
+) -> CommandResult:
+    """Run the task's command from a thread of `executor`, awaiting it on the loop.
+
+    Spawning (fork/exec) and reading the output happen in that thread, not on the
+    event loop; the thread count is the executor's, so size it to the number of
+    commands that may run at once. Cancelling the awaiting coroutine kills the
+    command's whole process group and returns once the thread is done with it.
+    """
+    launch = _Launch()
+    running = asyncio.get_running_loop().run_in_executor(executor, launch.run, task)
     try:
-        stdout, stderr = await process.communicate()
-    except BaseException:
-        kill_process_group(process.pid)
+        result = await asyncio.shield(running)
+    except asyncio.CancelledError:
+        launch.cancel()
         with contextlib.suppress(BaseException):
-            await asyncio.shield(process.wait())
+            await asyncio.shield(running)
         raise
-    finally:
-        kill_process_group(process.pid)
-    assert process.returncode is not None
-    return CommandResult(process.returncode, _decode(stdout), _decode(stderr))
+    assert result is not None
+    return result
 
 
 __all__ = [

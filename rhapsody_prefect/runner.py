@@ -319,7 +319,7 @@ class RhapsodyRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         # Prefect's engine resolves upstream futures with blocking calls: wait for
         # them here, without blocking the loop, so the engine finds them done.
         try:
-            await _wait_for_futures([parameters, wait_for])
+            await _wait_for_futures(parameters, wait_for)
         except Exception as error:  # a foreign future that cannot be waited on
             logger.warning("Waiting for upstream futures failed: %r", error)
         try:
@@ -478,7 +478,14 @@ async def _cancel_many(backend: BaseExecutionBackend, uids: list[str]) -> None:
             logger.warning("Cancelling backend task %s failed: %r", uid, outcome)
 
 
-async def _wait_for_futures(collections: Any) -> None:
+_PLAIN_TYPES = (int, float, str, bytes, bool, type(None))
+
+
+async def _wait_for_futures(
+    parameters: dict[str, Any], wait_for: list[PrefectFuture[Any]]
+) -> None:
+    if not wait_for and all(type(value) in _PLAIN_TYPES for value in parameters.values()):
+        return  # nothing to wait for; skips a full visit of the parameters per task
     futures: list[PrefectFuture[Any]] = []
 
     def collect(value: Any) -> Any:
@@ -486,7 +493,7 @@ async def _wait_for_futures(collections: Any) -> None:
             futures.append(value)
         return value
 
-    visit_collection(collections, visit_fn=collect, return_data=False, max_depth=-1)
+    visit_collection([parameters, wait_for], visit_fn=collect, return_data=False, max_depth=-1)
     for future in futures:
         wrapped = getattr(future, "wrapped_future", None)
         if isinstance(wrapped, concurrent.futures.Future):

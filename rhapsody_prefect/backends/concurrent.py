@@ -13,7 +13,8 @@
 `ranks * cores_per_rank` of them. Functions run in a thread pool
 (`executor="thread"`, the default) or in worker processes
 (`executor="process"`, functions shipped with cloudpickle); executables always
-run as subprocesses in their own process group, without a thread each.
+run as subprocesses in their own process group, spawned and waited for from a
+pool of at most `max_workers` threads (fork/exec stays off the event loop).
 
 Cancelling a running executable or process-mode function kills its process
 group (a replacement worker is started on demand). A running thread cannot be
@@ -79,9 +80,10 @@ class _WorkerProcess:
         return ok, value
 
     async def kill(self) -> int | None:
+        # The worker leads its own process group: killpg reaches it and its children.
+        # No Popen.kill(): on a worker that already died it polls (waitpid) and so
+        # steals the exit status from asyncio's child watcher, which then reports 255.
         kill_process_group(self.process.pid)
-        with contextlib.suppress(ProcessLookupError):
-            self.process.kill()
         return await self.process.wait()
 
 
@@ -123,6 +125,9 @@ class ConcurrentBackend(ExecutionBackend):
         self.executor = executor
         self.slots = max_workers
         self._threads: ThreadPoolExecutor | None = None
+        # Executables are spawned and waited for from threads of their own (at most
+        # one per slot), so fork/exec and output reading stay off the event loop.
+        self._command_threads: ThreadPoolExecutor | None = None
         self._idle_workers: list[_WorkerProcess] = []
         self._busy_workers: dict[str, _WorkerProcess] = {}
         self._running: dict[str, asyncio.Task[None]] = {}
@@ -130,6 +135,9 @@ class ConcurrentBackend(ExecutionBackend):
     async def _start(self) -> None:
         if self.executor == "thread":
             self._threads = ThreadPoolExecutor(self.max_workers, thread_name_prefix="rhapsody")
+        self._command_threads = ThreadPoolExecutor(
+            self.max_workers, thread_name_prefix="rhapsody-command"
+        )
 
     async def _launch(self, tasks: list[TaskDict]) -> None:
         for task in tasks:
@@ -148,8 +156,9 @@ class ConcurrentBackend(ExecutionBackend):
         workers = [*self._idle_workers, *self._busy_workers.values()]
         self._idle_workers.clear()
         await asyncio.gather(*(worker.kill() for worker in workers))
-        if self._threads is not None:
-            self._threads.shutdown(wait=False, cancel_futures=True)
+        for pool in (self._threads, self._command_threads):
+            if pool is not None:
+                pool.shutdown(wait=False, cancel_futures=True)
 
     async def _execute(self, task: TaskDict) -> None:
         uid = task["uid"]
@@ -167,7 +176,7 @@ class ConcurrentBackend(ExecutionBackend):
             self._report(uid, TaskState.FAILED, exception=error)
 
     async def _run_executable(self, task: TaskDict) -> None:
-        result = await run_command_async(task)
+        result = await run_command_async(task, self._command_threads)
         state = TaskState.COMPLETED if result.exit_code == 0 else TaskState.FAILED
         self._report(
             task["uid"], state,
