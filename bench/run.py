@@ -207,7 +207,10 @@ def write_markdown(
         "- Dask rows share one `LocalCluster(n_workers=2, threads_per_worker=1)` started by "
         "`bench/run.py`; both runners get its `address`. RADICAL-Pilot rows use a "
         f"`local.localhost` pilot of {RP_CORES} cores for tasks (raw RP: "
-        f"`PilotDescription(cores={RP_CORES})`; backend: `resources={{'cores': {RP_CORES}}}`, "
+        f"`PilotDescription(cores={RP_CORES})` on a `local.localhost` node sized to {RP_CORES} "
+        "cores by a user resource config (from 2026-11-24 20:45; before, RP's built-in "
+        "8-core node gave raw RP 8 cores); "
+        f"backend: `resources={{'cores': {RP_CORES}}}`, "
         "raptor only for python tasks; raw RP is measured for executables only).",
         "- One `prefect server` (SQLite, temporary PREFECT_HOME, analytics off) serves all "
         "runs; after each run the bench waits (at most 20 s) until the server's CPU is idle, "

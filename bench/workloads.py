@@ -17,6 +17,7 @@ task dict with `executable` on the RHAPSODY API, a TaskDescription on raw RP).
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import threading
 import time
@@ -223,6 +224,7 @@ def run_raw_rp(row: str, workload: str, n: int, options: dict[str, Any]) -> dict
     import radical.pilot as rp
 
     work_dir = options["work_dir"]
+    _size_local_node(work_dir, options["rp_cores"])
     sampler = RssSampler()
     total = time.perf_counter()
     session = rp.Session(cfg={"base": work_dir, "path": work_dir, "client_sandbox": work_dir})
@@ -255,6 +257,21 @@ def run_raw_rp(row: str, workload: str, n: int, options: dict[str, Any]) -> dict
     result["flow_seconds"] = time.perf_counter() - total
     result["rss_base"], result["rss_peak"] = sampler.stop()
     return result
+
+
+def _size_local_node(work_dir: str, cores: int) -> None:
+    """Make local.localhost a node of `cores` cores, as the radical_pilot backend does.
+
+    RP's built-in local.localhost pretends to be one 8-core node and a pilot gets whole
+    nodes, so `cores=2` alone would give raw RP 8 cores against the backend's 2.
+    """
+    config_dir = os.path.join(work_dir, "raw-rp-config")
+    configs = os.path.join(config_dir, ".radical", "pilot", "configs")
+    os.makedirs(configs, exist_ok=True)
+    with open(os.path.join(configs, "resource_local.json"), "w") as stream:
+        json.dump({"localhost": {"cores_per_node": cores, "gpus_per_node": 0,
+                                 "fake_resources": True}}, stream)
+    os.environ["RADICAL_CONFIG_USER_DIR"] = config_dir
 
 
 def runner_for(row: str) -> Callable[[str, str, int, dict[str, Any]], dict[str, Any]]:
