@@ -126,7 +126,10 @@ def make_runner(row: str, workload: str, options: dict[str, Any]) -> Any:
     if row == "rhapsody-rp":
         from rhapsody_prefect import RhapsodyRunner
 
-        return RhapsodyRunner("radical_pilot", **rp_backend_kwargs(workload, options))
+        return RhapsodyRunner(
+            "radical_pilot", **rp_backend_kwargs(workload, options),
+            **options.get("runner_kwargs", {}),
+        )
     raise ValueError(f"not a Prefect row: {row}")
 
 

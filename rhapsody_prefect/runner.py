@@ -110,6 +110,14 @@ class _LoopThread:
             self.loop.close()
 
 
+#: The states the waiting engine coroutine is woken for (one wake-up costs a resume of
+#: Prefect's whole engine call chain).
+_WOKEN_BY = frozenset(
+    {TaskState.EXECUTING, TaskState.RETRYING, TaskState.COMPLETED, TaskState.FAILED,
+     TaskState.CANCELED}
+)
+
+
 class _Watch:
     """The flow side of one backend task: its state changes, as they arrive."""
 
@@ -119,7 +127,8 @@ class _Watch:
 
     def push(self, state: TaskState) -> None:
         self.times.append((state, time.time()))
-        self.states.put_nowait(state)
+        if state in _WOKEN_BY:  # NEW, WAITING, READY only go into the timeline
+            self.states.put_nowait(state)
 
     def timeline(self) -> str:
         """'queued 12:00:01.250, executing +0.004s, completed +0.120s'."""
@@ -142,6 +151,10 @@ class RhapsodyRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         *backend_args: positional arguments for the backend's constructor.
         transition_log_level: level of the per-task log lines that record where and
             when the body ran (queued, executing, retrying, finished); None: no lines.
+        executing_log_after: seconds a body must have been executing before its
+            "executing" line is logged (stamped with the time it started); bodies that
+            finish sooner get only the "finished" line, which carries the whole
+            timeline. 0: always log it.
         **backend_kwargs: keyword arguments for the backend's constructor.
     """
 
@@ -150,6 +163,7 @@ class RhapsodyRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         backend: str = "concurrent",
         *backend_args: Any,
         transition_log_level: int | None = logging.INFO,
+        executing_log_after: float = 1.0,
         **backend_kwargs: Any,
     ) -> None:
         if not isinstance(backend, str):
@@ -161,6 +175,13 @@ class RhapsodyRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         self.backend_args = backend_args
         self.backend_kwargs = backend_kwargs
         self.transition_log_level = transition_log_level
+        if (isinstance(executing_log_after, bool)
+                or not isinstance(executing_log_after, (int, float)) or executing_log_after < 0):
+            raise ConfigurationError(
+                f"executing_log_after must be a number of seconds >= 0, got "
+                f"{executing_log_after!r}", "executing_log_after",
+            )
+        self.executing_log_after = executing_log_after
         self._reset_runtime()
         self._children: weakref.WeakSet[RhapsodyRunner] = weakref.WeakSet()
 
@@ -183,6 +204,7 @@ class RhapsodyRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
             self.backend_name,
             *self.backend_args,
             transition_log_level=self.transition_log_level,
+            executing_log_after=self.executing_log_after,
             **self.backend_kwargs,
         )
         self._children.add(twin)
@@ -385,41 +407,55 @@ class RhapsodyRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         spec.update(uid=uid, name=task_run.name)
 
         watch = self._watches[uid] = _Watch()
+        executing_line: asyncio.TimerHandle | None = None
         try:
             await backend.submit_tasks([spec])
             while True:
                 state = await watch.states.get()
                 if state.is_terminal:
                     break
-                if state in (TaskState.EXECUTING, TaskState.RETRYING):
-                    self._log_transition(run_logger, uid, state.value.lower(), state)
+                if state is TaskState.EXECUTING and executing_line is None:
+                    executing_line = asyncio.get_running_loop().call_later(
+                        self.executing_log_after, self._log_transition,
+                        run_logger, uid, "executing", state, "", time.time(),
+                    )
+                elif state is TaskState.RETRYING:
+                    self._log_transition(run_logger, uid, "retrying", state)
         except asyncio.CancelledError:  # Prefect's timeout, or the flow being torn down
             asyncio.get_running_loop().create_task(_cancel_many(backend, [uid]))
             raise
         finally:
             self._watches.pop(uid, None)
+            if executing_line is not None:
+                executing_line.cancel()
         _replay(run_logger, _captured_logs(spec))
         self._log_transition(run_logger, uid, "finished", state, watch.timeline())
         return _result_of(spec, state)
 
     def _log_transition(
-        self, run_logger: Any, uid: str, event: str, state: TaskState, timeline: str = ""
+        self,
+        run_logger: Any,
+        uid: str,
+        event: str,
+        state: TaskState,
+        timeline: str = "",
+        at: float | None = None,
     ) -> None:
-        """One line when the body starts executing (or retrying), one when it ends.
+        """A line when a long body is executing (or retrying), one when it ends.
 
-        The final line carries the whole timeline, so a task costs two log lines.
+        The final line carries the whole timeline, so a short task costs one log line.
         """
         if self.transition_log_level is None:
             return
         _prefect_type, prefect_name = to_prefect(state)
-        run_logger.log(
-            self.transition_log_level,
-            "Backend %r task %s %s: RHAPSODY %s (Prefect %s)%s",
-            self.backend_name, uid, event, state.value, prefect_name,
-            f"; {timeline}" if timeline else "",
-            extra={"rhapsody_backend": self.backend_name, "rhapsody_uid": uid,
-                   "rhapsody_state": state.value},
+        message = (
+            f"Backend {self.backend_name!r} task {uid} {event}: RHAPSODY {state.value} "
+            f"(Prefect {prefect_name}){f'; {timeline}' if timeline else ''}"
         )
+        _emit(run_logger, self.transition_log_level, message, at, extra={
+            "rhapsody_backend": self.backend_name, "rhapsody_uid": uid,
+            "rhapsody_state": state.value,
+        })
 
 
 def _captured_logs(spec: TaskDict) -> list[LogLine]:
@@ -456,17 +492,29 @@ def _result_of(spec: TaskDict, state: TaskState) -> Any:
 
 def _replay(run_logger: Any, lines: list[LogLine]) -> None:
     """Emit the body's captured log lines as the task run's own, with their times."""
-    target = run_logger.logger
     for line in lines:
-        if not target.isEnabledFor(line.levelno):
-            continue
-        record = target.makeRecord(
-            target.name, line.levelno, "(backend)", 0, line.message, None, None,
-            extra=run_logger.extra,
-        )
-        record.created = line.created
-        record.msecs = (line.created % 1) * 1000
-        target.handle(record)
+        _emit(run_logger, line.levelno, line.message, line.created)
+
+
+def _emit(
+    run_logger: Any,
+    level: int,
+    message: str,
+    created: float | None = None,
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """Log `message` on the task run's logger, stamped `created` (default: now)."""
+    target = run_logger.logger
+    if not target.isEnabledFor(level):
+        return
+    record = target.makeRecord(
+        target.name, level, "(backend)", 0, message, None, None,
+        extra={**run_logger.extra, **(extra or {})},
+    )
+    if created is not None:
+        record.created = created
+        record.msecs = (created % 1) * 1000
+    target.handle(record)
 
 
 async def _cancel_many(backend: BaseExecutionBackend, uids: list[str]) -> None:

@@ -440,7 +440,6 @@ def test_logs_and_prints_reach_the_task_run_in_the_api(runner):
     assert any("printed-marker-5" in m for m in messages), messages
     assert any("logger-marker-5" in m for m in messages), messages
     # the backend transitions are recorded on the task run, with backend and uid
-    assert any(" executing: RHAPSODY EXECUTING" in m for m in messages), messages
     finished = [m for m in messages if " finished: RHAPSODY COMPLETED" in m]
     assert len(finished) == 1, messages
     assert "queued " in finished[0] and "executing +" in finished[0], finished

@@ -80,7 +80,6 @@ def test_flow_run_page_shows_task_runs_and_backend(
         page.get_by_text("Completed").first.wait_for()
 
         # Logs tab (the default): task run logs with where and how each body ran.
-        page.get_by_text("executing: RHAPSODY EXECUTING (Prefect Running)").first.wait_for()
         page.get_by_text("Backend 'concurrent' task simulate-").first.wait_for()
         page.get_by_text("finished: RHAPSODY COMPLETED (Prefect Completed)").first.wait_for()
         page.get_by_text("pi ~").first.wait_for()
@@ -89,7 +88,7 @@ def test_flow_run_page_shows_task_runs_and_backend(
         # Header, task graph and the first logs, with the backend transition lines
         # (the app scrolls inside its own container: make the viewport tall).
         page.set_viewport_size({"width": 1440, "height": 1750})
-        page.get_by_text("executing: RHAPSODY EXECUTING (Prefect Running)").first.wait_for()
+        page.get_by_text("finished: RHAPSODY COMPLETED (Prefect Completed)").first.wait_for()
         page.wait_for_timeout(1000)
         page.screenshot(path=str(shot))
 
