@@ -54,7 +54,7 @@ def child_timeout(row: str, workload: str, n: int) -> float:
     """Generous per-measurement limit (a hung peer must not stall the whole run)."""
     per_task = 1.0 if row in ("prefect-processpool", "prefect-dask") else 0.25
     if row.endswith("rp"):
-        per_task = 20.0 if workload == "python" else 0.5
+        per_task = 2.0 if workload == "python" else 0.5
         return 240 + n * per_task
     return min(120 + n * per_task, 900)
 
@@ -201,15 +201,16 @@ def write_markdown(
         "a local subprocess in the worker). Runners use their defaults (ThreadPoolTaskRunner: "
         "unbounded threads; ProcessPoolTaskRunner: one process per core; "
         "RhapsodyRunner('concurrent'): 4 thread slots; RhapsodyRunner logs its per-task "
-        "transitions at INFO, its default).",
+        "transition lines at INFO, its default: one 'finished' line per task, plus an "
+        "'executing' line for a body still running after 1 s).",
         "- API floor rows: the same tasks as RHAPSODY task dicts through "
         "`get_backend(...).submit_tasks(...)` and `wait()`, no Prefect imported.",
         "- Dask rows share one `LocalCluster(n_workers=2, threads_per_worker=1)` started by "
         "`bench/run.py`; both runners get its `address`. RADICAL-Pilot rows use a "
         f"`local.localhost` pilot of {RP_CORES} cores for tasks (raw RP: "
         f"`PilotDescription(cores={RP_CORES})` on a `local.localhost` node sized to {RP_CORES} "
-        "cores by a user resource config (from 2026-11-24 20:45; before, RP's built-in "
-        "8-core node gave raw RP 8 cores); "
+        "cores by a user resource config, as the backend does (RP's built-in "
+        "local.localhost is one 8-core node and a pilot gets whole nodes); "
         f"backend: `resources={{'cores': {RP_CORES}}}`, "
         "raptor only for python tasks; raw RP is measured for executables only).",
         "- One `prefect server` (SQLite, temporary PREFECT_HOME, analytics off) serves all "
