@@ -436,7 +436,7 @@ class _Run:
         config = self.raptor_config
         return 0 if config is None else 1 + config["workers"] * config["cores_per_worker"]
 
-    def exec_cores(self) -> int:
+    def cores_for_tasks(self) -> int:
         """Cores executable tasks may use (on a local pilot: the machine's)."""
         if self.resources.get("cores"):
             return int(self.resources["cores"])
@@ -935,7 +935,7 @@ class RadicalPilotBackend(ExecutionBackend):
         else:
             assert self._run is not None
             await asyncio.to_thread(self._run.start)
-        self.exec_cores = self._run.exec_cores()
+        self.exec_cores = self._run.cores_for_tasks()
 
     def _shared_run(self) -> _Run:
         key = self._share_key()
