@@ -414,7 +414,8 @@ class RhapsodyRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
                 state = await watch.states.get()
                 if state.is_terminal:
                     break
-                if state is TaskState.EXECUTING and executing_line is None:
+                if (state is TaskState.EXECUTING and executing_line is None
+                        and self.transition_log_level is not None):
                     executing_line = asyncio.get_running_loop().call_later(
                         self.executing_log_after, self._log_transition,
                         run_logger, uid, "executing", state, "", time.time(),
