@@ -19,7 +19,9 @@ import time
 import psutil
 import pytest
 from prefect import flow, task
+from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import StateType
+from prefect.context import get_run_context
 
 import rhapsody_prefect as rhapsody
 from rhapsody_prefect import BackendError, RhapsodyRunner, TaskState
@@ -176,21 +178,32 @@ def test_two_thousand_tasks_on_two_slots_without_a_thread_each():
             time.sleep(0.2)
 
     @flow(task_runner=RhapsodyRunner("concurrent", max_workers=2, transition_log_level=None))
-    def many() -> int:
+    def many() -> tuple[int, str]:
         futures = increment.map(range(2000))
-        return sum(f.result() for f in futures)
+        return sum(f.result() for f in futures), str(get_run_context().flow_run.id)
 
     sampler = threading.Thread(target=sample, daemon=True)
     baseline = psutil.Process().memory_info().rss
     sampler.start()
     started = time.monotonic()
     try:
-        total = many()
+        total, flow_run_id = many()
     finally:
         stop.set()
         sampler.join()
     elapsed = time.monotonic() - started
     assert total == sum(range(1, 2001))
+    # The API records all 2,000 as completed. Waiting for it also leaves the shared
+    # ephemeral server idle for the next test (its SQLite lags behind such bursts, and
+    # a busy server answers writes with 503 for longer than the client retries).
+    with get_client(sync_client=True) as client:
+        def recorded() -> bool:
+            response = client.request("POST", "/task_runs/count", json={
+                "flow_runs": {"id": {"any_": [flow_run_id]}},
+                "task_runs": {"state": {"type": {"any_": ["COMPLETED"]}}},
+            })
+            return response.json() == 2000
+        assert wait_until(recorded, timeout=600, interval=2), "API never recorded 2000 runs"
     peak_rss = max(rss for rss, _ in samples)
     peak_threads = max(threads for _, threads in samples)
     print(f"\n2000 tasks / 2 slots: {elapsed:.1f}s, {2000 / elapsed:.0f} tasks/s, peak threads "
