@@ -110,11 +110,10 @@ class _LoopThread:
             self.loop.close()
 
 
-#: The states the waiting engine coroutine is woken for (one wake-up costs a resume of
-#: Prefect's whole engine call chain).
-_WOKEN_BY = frozenset(
-    {TaskState.EXECUTING, TaskState.RETRYING, TaskState.COMPLETED, TaskState.FAILED,
-     TaskState.CANCELED}
+#: The states the runner acts on and shows in a timeline; the waiting engine coroutine is
+#: woken only for these (one wake-up costs a resume of Prefect's whole engine call chain).
+_NOTABLE = frozenset(
+    {TaskState.EXECUTING, TaskState.RETRYING} | {s for s in TaskState if s.is_terminal}
 )
 
 
@@ -127,7 +126,7 @@ class _Watch:
 
     def push(self, state: TaskState) -> None:
         self.times.append((state, time.time()))
-        if state in _WOKEN_BY:  # NEW, WAITING, READY only go into the timeline
+        if state in _NOTABLE:  # NEW, WAITING, READY are only timestamped
             self.states.put_nowait(state)
 
     def timeline(self) -> str:
@@ -138,7 +137,7 @@ class _Watch:
         clock = time.strftime("%H:%M:%S", time.localtime(start)) + f".{int(start % 1 * 1000):03d}"
         parts = [f"queued {clock}"]
         for state, moment in self.times[1:]:
-            if state in (TaskState.EXECUTING, TaskState.RETRYING) or state.is_terminal:
+            if state in _NOTABLE:
                 parts.append(f"{state.value.lower()} +{moment - start:.3f}s")
         return ", ".join(parts)
 

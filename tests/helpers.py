@@ -6,6 +6,7 @@ import os
 import pathlib
 import time
 from collections.abc import Callable
+from typing import Any
 
 
 def record_states(backend) -> dict[str, list[str]]:
@@ -46,3 +47,25 @@ def pid_alive(pid: int) -> bool:
             return stat.read().split(")")[-1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def task_run_logs(task_run_id: Any, contains: str, timeout: float = 30.0) -> list[Any]:
+    """A task run's logs from the Prefect API, polled until one message contains `contains`.
+
+    The API stores logs a little after they are sent; returns what it has at the deadline.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterTaskRunId
+
+    logs: list[Any] = []
+
+    def found() -> bool:
+        nonlocal logs
+        with get_client(sync_client=True) as client:
+            logs = client.read_logs(
+                log_filter=LogFilter(task_run_id=LogFilterTaskRunId(any_=[task_run_id]))
+            )
+        return any(contains in log.message for log in logs)
+
+    wait_until(found, timeout=timeout, interval=0.5)
+    return logs

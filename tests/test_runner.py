@@ -17,7 +17,6 @@ import pytest
 from prefect import flow, get_run_logger, tags, task
 from prefect.cache_policies import INPUTS
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import LogFilter, LogFilterTaskRunId
 from prefect.client.schemas.objects import StateType
 from prefect.futures import as_completed
 
@@ -25,7 +24,7 @@ from rhapsody_prefect import RhapsodyRunner, executable_task, task_resources
 from rhapsody_prefect.exceptions import ConfigurationError
 
 from .conftest import BACKEND_SPECS
-from .helpers import count_and_fail_first, pid_alive, wait_until
+from .helpers import count_and_fail_first, pid_alive, task_run_logs, wait_until
 
 pytestmark = [pytest.mark.parametrize("backend_spec", BACKEND_SPECS, indirect=True)]
 
@@ -38,19 +37,7 @@ def runner(backend_spec) -> RhapsodyRunner:
 
 def api_logs(task_run_id, contains: str, timeout: float = 30.0) -> list[str]:
     """Messages of a task run's logs in the API, waiting until one contains `contains`."""
-    messages: list[str] = []
-
-    def found() -> bool:
-        nonlocal messages
-        with get_client(sync_client=True) as client:
-            logs = client.read_logs(
-                log_filter=LogFilter(task_run_id=LogFilterTaskRunId(any_=[task_run_id]))
-            )
-        messages = [log.message for log in logs]
-        return any(contains in message for message in messages)
-
-    wait_until(found, timeout=timeout, interval=0.5)
-    return messages
+    return [log.message for log in task_run_logs(task_run_id, contains, timeout)]
 
 
 # -------------------------------------------------------------- prefect-dask cases

@@ -12,27 +12,10 @@ from datetime import timedelta
 
 import pytest
 from prefect import flow, task
-from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import LogFilter, LogFilterTaskRunId
 
 from rhapsody_prefect import ConfigurationError, RhapsodyRunner
 
-from .helpers import wait_until
-
-
-def _logs(task_run_id, contains: str) -> list:
-    found: list = []
-
-    def ready() -> bool:
-        nonlocal found
-        with get_client(sync_client=True) as client:
-            found = client.read_logs(
-                log_filter=LogFilter(task_run_id=LogFilterTaskRunId(any_=[task_run_id]))
-            )
-        return any(contains in log.message for log in found)
-
-    wait_until(ready, timeout=30, interval=0.5)
-    return found
+from .helpers import task_run_logs
 
 
 def test_short_body_gets_one_line_long_body_also_gets_its_executing_line():
@@ -48,13 +31,13 @@ def test_short_body_gets_one_line_long_body_also_gets_its_executing_line():
 
     _, _, short_id, long_id = two_bodies()
 
-    short_logs = _logs(short_id, " finished: RHAPSODY COMPLETED")
+    short_logs = task_run_logs(short_id, " finished: RHAPSODY COMPLETED")
     messages = [log.message for log in short_logs]
     assert not any(" executing: " in m for m in messages), messages
     (finished,) = [m for m in messages if " finished: " in m]
     assert ", executing +" in finished and ", completed +" in finished, finished
 
-    long_logs = _logs(long_id, " finished: RHAPSODY COMPLETED")
+    long_logs = task_run_logs(long_id, " finished: RHAPSODY COMPLETED")
     executing = [log for log in long_logs if " executing: RHAPSODY EXECUTING" in log.message]
     finished_logs = [log for log in long_logs if " finished: RHAPSODY COMPLETED" in log.message]
     assert len(executing) == 1 and len(finished_logs) == 1, [log.message for log in long_logs]
