@@ -10,7 +10,9 @@ NO_ANALYTICS := PREFECT_SERVER_ANALYTICS_ENABLED="$${PREFECT_SERVER_ANALYTICS_EN
   DO_NOT_TRACK="$${DO_NOT_TRACK:-1}"
 # RADICAL-Pilot starts helper executables from the virtualenv's bin.
 RUN := PATH="$(abspath $(VENV))/bin:$$PATH" VIRTUAL_ENV="$(abspath $(VENV))" $(NO_ANALYTICS)
-DEBIAN_PACKAGES := mpich chromium fonts-liberation slurm-wlm munge
+# postgresql: tests/test_prefect_yaml_deploy.py runs `prefect server` on a throwaway cluster
+# (initdb/pg_ctl from /usr/lib/postgresql/*/bin, started and stopped by the test).
+DEBIAN_PACKAGES := mpich chromium fonts-liberation slurm-wlm munge postgresql
 
 .PHONY: example test test-fast lint bench screenshot system-deps slurm-up slurm-down
 
