@@ -22,6 +22,8 @@ import sys
 from pathlib import Path
 from uuid import UUID
 
+from prefect import deploy
+from prefect.deployments.runner import RunnerDeployment
 from prefect.flows import Flow
 from prefect.schedules import Schedule
 
@@ -57,26 +59,36 @@ def deploy_all(
     paused: bool = False,
     only: list[str] | None = None,
 ) -> dict[str, UUID]:
-    """Create or update the deployments; returns deployment name -> id."""
-    ids: dict[str, UUID] = {}
+    """Create or update the deployments; returns deployment name -> id.
+
+    One `prefect.deploy()` call for all of them: `Flow.deploy()` is that call for a
+    single deployment, and each call checks the work pool and prints Prefect's
+    "deploying to a process work pool ... calling `.serve`" advice, so one
+    `Flow.deploy()` per flow printed it once per deployment.
+    """
+    deployments: dict[str, RunnerDeployment] = {}
     for flow_name, (entrypoint, name, schedules, parameters) in DEPLOYMENTS.items():
         if only and flow_name not in only:
             continue
         flow = Flow.from_source(source=str(source), entrypoint=entrypoint)
-        ids[f"{flow_name}/{name}"] = flow.deploy(
+        deployments[f"{flow_name}/{name}"] = flow.to_deployment(
             name=name,
             work_pool_name=pool,
-            build=False,
-            push=False,
             schedules=schedules,
             paused=paused,
             parameters=parameters,
             job_variables={"env": {"RHAPSODY_BACKEND": backend}},
             tags=["rhapsody", f"backend:{backend}"],
             description=f"{flow_name} on the RHAPSODY {backend!r} backend",
-            print_next_steps=False,
         )
-    return ids
+    ids = deploy(*deployments.values(), work_pool_name=pool, build=False, push=False,
+                 print_next_steps_message=False)
+    if len(ids) != len(deployments):
+        # Given several deployments, deploy() prints a failed one in its table instead of
+        # raising, and returns only the ids it created.
+        raise RuntimeError(f"only {len(ids)} of {len(deployments)} deployments were created "
+                           "(see the table above)")
+    return dict(zip(deployments, ids, strict=True))
 
 
 def main(argv: list[str] | None = None) -> int:

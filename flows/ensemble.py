@@ -28,6 +28,7 @@ import json
 import math
 import os
 import pathlib
+import shlex
 import sys
 import tempfile
 import time
@@ -40,6 +41,7 @@ if __name__ == "__main__":
 
 import cloudpickle
 from prefect import flow, get_run_logger, task
+from prefect.settings import get_current_settings
 
 from rhapsody_prefect import ExecutableResult, RhapsodyRunner, executable_task, task_resources
 
@@ -183,6 +185,33 @@ def ensemble(
     return summary
 
 
+def ui_hint(flow_run_id: object, argv: list[str], api_url: str | None, ui_url: str | None,
+            home: object) -> str:
+    """How to see this flow run in the Prefect UI; printed at the end of the script.
+
+    With PREFECT_API_URL set (`api_url`), the run went to that server: its page.
+    Without it, the run used a temporary server that is gone now, but the run is
+    kept in Prefect's database in PREFECT_HOME (`home`), which `prefect server
+    start` with the same settings serves. `argv` is the command that ran the flow.
+    """
+    if api_url:
+        return f"This flow run in the Prefect UI: {ui_url}/runs/flow-run/{flow_run_id}"
+
+    def command(name: str) -> str:  # e.g. .venv/bin/prefect under `make example`
+        path = pathlib.Path(sys.executable).parent / name
+        return os.path.relpath(path) if path.is_relative_to(pathlib.Path.cwd()) else name
+
+    url = "http://127.0.0.1:4200"
+    return "\n".join([
+        f"Prefect UI: this run used a temporary Prefect server; the run is kept in {home}:",
+        f"  {command('prefect')} server start --host 127.0.0.1    # another shell; loopback only",
+        f"  open {url}/runs/flow-run/{flow_run_id}",
+        f"Send the next runs to that server, and see them at {url}/runs as they run:",
+        f"  export PREFECT_API_URL={url}/api",
+        f"  {shlex.join([command(pathlib.Path(sys.executable).name), *argv])}",
+    ])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backend", choices=BACKENDS,
@@ -200,17 +229,25 @@ def main(argv: list[str] | None = None) -> int:
 
     runner = runner_for(args.backend, args.workers, args.backend_kwargs)
     started = time.perf_counter()
-    summary = ensemble.with_options(task_runner=runner)(
+    state = ensemble.with_options(task_runner=runner)(
         members=args.members, samples=args.samples, seed=args.seed, cores=args.cores,
-        workdir=args.workdir,
+        workdir=args.workdir, return_state=True,
     )
     elapsed = time.perf_counter() - started
+    settings = get_current_settings()
+    command = [sys.argv[0], *(sys.argv[1:] if argv is None else argv)]
+    hint = ui_hint(state.state_details.flow_run_id, command, settings.api.url,
+                   settings.ui_url, settings.home)
+    if not state.is_completed():
+        print(hint, file=sys.stderr)
+    summary = state.result()  # raises the flow's error if it failed
     for entry in summary["per_member"]:
         print(f"  member {entry['member']:3d}  seed {entry['seed']:6d}  "
               f"pi {entry['pi']:.5f}  on {entry['host']}")
     print(f"{summary['members']} members, {summary['samples']} samples: pi ~ {summary['pi']:.5f} "
           f"(error {summary['error']:.5f}) on {args.backend} in {elapsed:.1f} s; "
           f"outputs in {summary['workdir']}")
+    print(hint)
     return 0
 
 

@@ -20,6 +20,7 @@ if __name__ == "__main__":
 
 import cloudpickle
 from prefect import flow, task
+from prefect.settings import get_current_settings
 
 from rhapsody_prefect import ExecutableResult, RhapsodyRunner, executable_task
 
@@ -50,5 +51,21 @@ if __name__ == "__main__":
     parser.add_argument("--backend", default=os.environ.get("RHAPSODY_BACKEND", "concurrent"))
     parser.add_argument("-n", type=int, default=5)
     args = parser.parse_args()
-    result = getting_started.with_options(task_runner=RhapsodyRunner(args.backend))(n=args.n)
-    print(result)
+    state = getting_started.with_options(task_runner=RhapsodyRunner(args.backend))(
+        n=args.n, return_state=True
+    )
+    print(state.result())  # raises the flow's error if it failed
+
+    # Where to see this run in the Prefect UI (as at the end of flows/ensemble.py).
+    settings = get_current_settings()
+    run_page = f"runs/flow-run/{state.state_details.flow_run_id}"
+    if settings.api.url:  # PREFECT_API_URL is set: the run went to that server
+        print(f"This flow run in the Prefect UI: {settings.ui_url}/{run_page}")
+    else:  # a temporary server, gone now; the run is kept in PREFECT_HOME's database
+        print(f"Prefect UI: this run used a temporary Prefect server; the run is kept in "
+              f"{settings.home}:\n"
+              "  prefect server start --host 127.0.0.1    # another shell; loopback only\n"
+              f"  open http://127.0.0.1:4200/{run_page}\n"
+              "Send the next runs to that server, and see them at http://127.0.0.1:4200/runs:\n"
+              "  export PREFECT_API_URL=http://127.0.0.1:4200/api\n"
+              "  python flows/getting_started.py")

@@ -67,6 +67,8 @@ class DeploymentRun:
     state: str
     trigger_to_final_seconds: float
     worker_log: pathlib.Path
+    #: stdout and stderr of `python deployments/deploy.py`
+    deploy_output: str = ""
 
 
 def free_port() -> int:
@@ -232,4 +234,5 @@ def ensemble_deployment_run(prefect_server: PrefectServer) -> DeploymentRun:
     return DeploymentRun(
         server=server, deployment_id=ids[DEPLOYMENT], flow_run_id=flow_run_id, state=state,
         trigger_to_final_seconds=elapsed, worker_log=worker_log,
+        deploy_output=deployed.stdout + deployed.stderr,
     )

@@ -63,6 +63,14 @@ def test_server_started(ensemble_deployment_run: DeploymentRun) -> None:
     assert (server.home / "prefect.db").exists(), "the server should use SQLite in PREFECT_HOME"
 
 
+def test_deploy_script_output(ensemble_deployment_run: DeploymentRun) -> None:
+    """One `prefect.deploy()` for both deployments: Prefect's process-pool advice once."""
+    output = ensemble_deployment_run.deploy_output
+    assert output.count("Looks like you're deploying to a process work pool") == 1, output
+    assert output.count("Successfully created/updated all deployments!") == 1, output
+    assert "deployment getting-started/getting-started-hourly " in output, output
+
+
 def test_flow_run_completed(ensemble_deployment_run: DeploymentRun, client: SyncPrefectClient):
     run = client.read_flow_run(ensemble_deployment_run.flow_run_id)
     assert run.state_type == StateType.COMPLETED, (

@@ -13,6 +13,7 @@ import json
 import math
 import os
 import random
+import re
 import subprocess
 import sys
 import time
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.ensemble import ensemble, member_seed, runner_for
+from flows.ensemble import ensemble, member_seed, runner_for, ui_hint
 from flows.getting_started import getting_started
 from rhapsody_prefect import RhapsodyRunner
 
@@ -82,8 +83,28 @@ def test_ensemble_script_on_concurrent(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     assert "4 members, 20000 samples: pi ~ " in done.stdout
     assert "on concurrent in" in done.stdout
+    # Where to see the run: it used a temporary server (conftest unsets PREFECT_API_URL).
+    assert "prefect server start --host 127.0.0.1" in done.stdout
+    assert re.search(r"open http://127\.0\.0\.1:4200/runs/flow-run/[0-9a-f-]{36}\n", done.stdout)
+    assert "export PREFECT_API_URL=http://127.0.0.1:4200/api" in done.stdout
     assert len(list(tmp_path.glob("member-*.json"))) == 4
     assert elapsed < 60, f"took {elapsed:.1f} s"
+
+
+def test_ui_hint_with_and_without_an_api_url() -> None:
+    run_id = "0b4a6f6e-5c1e-4f1e-9d55-3c6c1f0e2a11"
+    # PREFECT_API_URL set: the run's page on that server.
+    assert ui_hint(run_id, ["flows/ensemble.py"], "http://10.0.0.5:4200/api",
+                   "http://10.0.0.5:4200", "/home/u/.prefect") == (
+        f"This flow run in the Prefect UI: http://10.0.0.5:4200/runs/flow-run/{run_id}")
+    # A temporary server: how to start one on loopback over the same database, and rerun.
+    hint = ui_hint(run_id, ["flows/ensemble.py", "--members", "2"], None, None,
+                   "/home/u/.prefect")
+    assert "kept in /home/u/.prefect" in hint
+    assert "prefect server start --host 127.0.0.1 " in hint
+    assert f"open http://127.0.0.1:4200/runs/flow-run/{run_id}" in hint
+    assert "export PREFECT_API_URL=http://127.0.0.1:4200/api" in hint
+    assert hint.endswith(" flows/ensemble.py --members 2")
 
 
 def test_ensemble_script_unknown_backend_fails_clearly(tmp_path: Path) -> None:
