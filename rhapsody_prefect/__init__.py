@@ -14,6 +14,11 @@
 
 The Prefect parts (`RhapsodyRunner`, `executable_task`, `task_resources`) are
 imported on first use, so the core API does not pay for importing Prefect.
+
+The folders are the layers: `core/` (the RHAPSODY API and the shared engine,
+Prefect-free), `backends/` (one engine each, and the registry), `body/` (what runs
+where a task body runs), `adapter/` (the Prefect task runner and its helpers).
+Imports run one way: adapter -> backends -> body -> core. See docs/design.md.
 """
 
 from __future__ import annotations
@@ -21,7 +26,6 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .backends.base import BaseBackend, BaseExecutionBackend, ExecutionBackend
 from .backends.discovery import (
     BackendRegistry,
     discover_backends,
@@ -30,23 +34,26 @@ from .backends.discovery import (
     register_backend,
     why_unavailable,
 )
-from .constants import BackendType, Defaults, TaskState
-from .exceptions import (
+from .core.constants import BackendType, Defaults, TaskState
+from .core.contract import BaseBackend, BaseExecutionBackend
+from .core.engine import ExecutionBackend
+from .core.exceptions import (
     BackendError,
     ConfigurationError,
     RhapsodyError,
     TaskError,
     WaitTimeoutError,
 )
-from .tasks import CallbackFunction, TaskDict, TaskList
+from .core.tasks import CallbackFunction, TaskDict, TaskList
 
 __version__ = "0.1.0"
 
 _LAZY = {
-    "RhapsodyRunner": "rhapsody_prefect.runner",
-    "executable_task": "rhapsody_prefect.executable",
-    "ExecutableResult": "rhapsody_prefect.executable",
-    "task_resources": "rhapsody_prefect.executable",
+    "RhapsodyRunner": "rhapsody_prefect.adapter.runner",
+    "executable_task": "rhapsody_prefect.adapter.executable",
+    "ExecutableResult": "rhapsody_prefect.adapter.executable",
+    "ExecutableFailed": "rhapsody_prefect.adapter.executable",
+    "task_resources": "rhapsody_prefect.adapter.executable",
 }
 
 
@@ -65,6 +72,7 @@ __all__ = [
     "CallbackFunction",
     "ConfigurationError",
     "Defaults",
+    "ExecutableFailed",
     "ExecutableResult",
     "ExecutionBackend",
     "RhapsodyError",

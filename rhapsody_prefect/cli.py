@@ -33,11 +33,10 @@ from pathlib import Path
 from typing import Literal
 
 from .backends.discovery import BackendRegistry, list_backends, why_unavailable
+from .core.launchers import MPI_LAUNCHERS
 
 Status = Literal["ok", "warn", "fail", "info"]
 
-#: Executables that launch multi-rank (MPI) tasks.
-MPI_LAUNCHERS = ("mpiexec", "mpirun", "srun", "aprun", "jsrun")
 RP_HELPERS = ("radical-pilot-bridge", "radical-pilot-component", "radical-pilot-agent_0")
 
 

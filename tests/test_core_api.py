@@ -14,14 +14,14 @@ import pytest
 
 import rhapsody_prefect as rhapsody
 from rhapsody_prefect.backends.base import BaseBackend, BaseExecutionBackend, ExecutionBackend
-from rhapsody_prefect.constants import BackendType, Defaults, TaskState
+from rhapsody_prefect.core.constants import BackendType, Defaults, TaskState
+from rhapsody_prefect.core.tasks import validate_task
 from rhapsody_prefect.exceptions import (
     BackendError,
     ConfigurationError,
     RhapsodyError,
     TaskError,
 )
-from rhapsody_prefect.tasks import validate_task
 
 
 # ------------------------------------------------------------------ constants
@@ -76,7 +76,9 @@ def test_unknown_backend_is_value_error_listing_available():
 
 def test_missing_dependency_names_the_pip_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "distributed", None)  # makes `import distributed` fail
-    monkeypatch.delitem(sys.modules, "rhapsody_prefect.backends.dask", raising=False)
+    for name in [m for m in sys.modules if m.startswith(("rhapsody_prefect.backends.dask",
+                                                        "rhapsody_prefect.body.dask_worker"))]:
+        monkeypatch.delitem(sys.modules, name)
     with pytest.raises(ImportError, match=r"rhapsody-prefect\[dask\]"):
         rhapsody.get_backend("dask")
     reason = rhapsody.why_unavailable("dask")

@@ -9,7 +9,7 @@ import prefect  # noqa: F401  (a body's process with Prefect loaded gets a run c
 from prefect.context import TaskRunContext
 from prefect.logging import get_run_logger
 
-from rhapsody_prefect.remote import BodyContext, run_body
+from rhapsody_prefect.body.capture import BodyContext, run_body
 
 
 def _context() -> BodyContext:

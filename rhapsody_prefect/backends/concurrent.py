@@ -33,13 +33,14 @@ from typing import Any, Literal
 
 import cloudpickle
 
-from ..calls import call_function
-from ..commands import kill_process_group, run_command_async
-from ..constants import BackendType, Defaults, TaskState
-from ..exceptions import BackendError, ConfigurationError
-from ..tasks import TaskDict, is_function_task
-from ._process_worker import HEADER
-from .base import ExecutionBackend
+from ..body.calls import call_function
+from ..body.commands import kill_process_group, run_command_async
+from ..body.envelope import Envelope
+from ..body.process_worker import HEADER
+from ..core.constants import BackendType, Defaults, TaskState
+from ..core.engine import ExecutionBackend
+from ..core.exceptions import BackendError, ConfigurationError
+from ..core.tasks import TaskDict, is_function_task
 
 ExecutorKind = Literal["thread", "process"]
 EXECUTORS = ("thread", "process")
@@ -60,7 +61,7 @@ class _WorkerProcess:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "rhapsody_prefect.backends._process_worker",
+            sys.executable, "-m", "rhapsody_prefect.body.process_worker",
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             env=env,
@@ -68,7 +69,7 @@ class _WorkerProcess:
         )
         return cls(process)
 
-    async def call(self, uid: str, task: TaskDict) -> tuple[bool, Any]:
+    async def call(self, uid: str, task: TaskDict) -> Envelope:
         payload = cloudpickle.dumps((uid, task["function"], task["args"], task["kwargs"]))
         assert self.process.stdin is not None
         assert self.process.stdout is not None
@@ -76,8 +77,8 @@ class _WorkerProcess:
         await self.process.stdin.drain()
         header = await self.process.stdout.readexactly(HEADER.size)
         (size,) = HEADER.unpack(header)
-        _, ok, value = cloudpickle.loads(await self.process.stdout.readexactly(size))
-        return ok, value
+        _, envelope = cloudpickle.loads(await self.process.stdout.readexactly(size))
+        return envelope
 
     async def kill(self) -> int | None:
         # The worker leads its own process group: killpg reaches it and its children.
@@ -177,11 +178,7 @@ class ConcurrentBackend(ExecutionBackend):
 
     async def _run_executable(self, task: TaskDict) -> None:
         result = await run_command_async(task, self._command_threads)
-        state = TaskState.COMPLETED if result.exit_code == 0 else TaskState.FAILED
-        self._report(
-            task["uid"], state,
-            exit_code=result.exit_code, stdout=result.stdout, stderr=result.stderr,
-        )
+        self._report_result(task["uid"], Envelope.command(result).outcome())
 
     async def _run_in_thread(self, task: TaskDict) -> None:
         loop = asyncio.get_running_loop()
@@ -195,7 +192,7 @@ class ConcurrentBackend(ExecutionBackend):
         worker = self._idle_workers.pop() if self._idle_workers else await _WorkerProcess.spawn()
         self._busy_workers[uid] = worker
         try:
-            ok, value = await worker.call(uid, task)
+            envelope = await worker.call(uid, task)
         except asyncio.CancelledError:
             await worker.kill()
             raise
@@ -210,10 +207,7 @@ class ConcurrentBackend(ExecutionBackend):
         finally:
             self._busy_workers.pop(uid, None)
         self._idle_workers.append(worker)
-        if ok:
-            self._report(uid, TaskState.COMPLETED, return_value=value)
-        else:
-            self._report(uid, TaskState.FAILED, exception=value)
+        self._report_result(uid, envelope.outcome())
 
 
 __all__ = ["EXECUTORS", "ConcurrentBackend", "WorkerDied"]

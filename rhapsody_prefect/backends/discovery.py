@@ -19,8 +19,8 @@ import inspect
 import threading
 from typing import Any, ClassVar
 
-from ..exceptions import ConfigurationError
-from .base import BaseExecutionBackend
+from ..core.contract import BaseExecutionBackend
+from ..core.exceptions import ConfigurationError
 
 ENTRY_POINT_GROUP = "rhapsody.backends"
 

@@ -2,13 +2,12 @@
 
 The client cloudpickles `(function, args, kwargs, cwd, cancel_marker)` into a
 payload; the raptor worker calls `run_payload(payload)` in a process it forks for
-the task, which returns the outcome as a base64 string (raptor moves results as
-JSON-safe values, so Python objects travel pickled):
+the task, which returns its `Envelope` as a base64 string (raptor moves results
+as JSON-safe values, so Python objects travel pickled):
 
-    >>> import cloudpickle
-    >>> from rhapsody_prefect.backends._rp_call import decode_result, encode_payload, run_payload
+    >>> from rhapsody_prefect.body.raptor_call import decode_result, encode_payload, run_payload
     >>> decode_result(run_payload(encode_payload(max, (1, 2), {}, None)))
-    (True, 2)
+    Envelope(kind='value', value=2)
 
 Raptor cannot cancel a function task, so the client cancels it itself: it creates
 the task's `cancel_marker` file (a task that has not started yet then returns at
@@ -28,7 +27,8 @@ from typing import Any
 
 import cloudpickle
 
-from ..calls import RemoteError, call_function, portable_exception
+from .calls import RemoteError, call_function
+from .envelope import Envelope
 
 
 class TaskCancelled(BaseException):
@@ -47,7 +47,7 @@ def _on_sigterm(signum: int, frame: Any) -> None:
 
 
 def run_payload(payload: bytes) -> str:
-    """Run a payload on the worker: `(True, value)` or `(False, exception)`, encoded.
+    """Run a payload on the worker; its `Envelope`, pickled and base64-encoded.
 
     With a cancel marker, SIGTERM interrupts the call: the handler is installed
     (and announced in `<marker>.pid`) before the marker is checked, and replaced by
@@ -67,17 +67,17 @@ def run_payload(payload: bytes) -> str:
                 raise TaskCancelled("cancelled before it started")
             if cwd:
                 os.chdir(cwd)
-            outcome: tuple[bool, Any] = (True, _call(function, args, kwargs))
+            envelope = Envelope("value", _call(function, args, kwargs))
         finally:
             if installed:
                 signal.signal(signal.SIGTERM, signal.SIG_IGN)
     except BaseException as error:  # report everything, SystemExit included
-        outcome = (False, portable_exception(error))
+        envelope = Envelope.failure(error)
     try:
-        data = cloudpickle.dumps(outcome)
+        data = cloudpickle.dumps(envelope)
     except Exception as error:
         failure = RemoteError(f"The task's return value could not be pickled: {error!r}")
-        data = cloudpickle.dumps((False, failure))
+        data = cloudpickle.dumps(Envelope("error", failure))
     return base64.b64encode(data).decode("ascii")
 
 
@@ -110,10 +110,12 @@ def _call(function: Any, args: Any, kwargs: Any) -> Any:
     return box.get("value")
 
 
-def decode_result(text: str) -> tuple[bool, Any]:
-    """Client side: `(ok, value_or_exception)` from what `run_payload` returned."""
-    ok, value = cloudpickle.loads(base64.b64decode(text))
-    return bool(ok), value
+def decode_result(text: str) -> Envelope:
+    """Client side: the `Envelope` `run_payload` returned."""
+    envelope = cloudpickle.loads(base64.b64decode(text))
+    if not isinstance(envelope, Envelope):
+        raise TypeError(f"expected an Envelope, got {type(envelope).__name__}")
+    return envelope
 
 
 __all__ = ["TaskCancelled", "decode_result", "encode_payload", "run_payload"]

@@ -1,9 +1,12 @@
 """A worker process of the `concurrent` backend in process mode.
 
-Started as `python -m rhapsody_prefect.backends._process_worker`. It reads
+Started as `python -m rhapsody_prefect.body.process_worker`. It reads
 length-prefixed cloudpickle frames `(uid, fn, args, kwargs)` from stdin and
-answers `(uid, ok, value_or_exception)` on the original stdout; anything the
-function prints goes to stderr, so it cannot corrupt the protocol.
+answers `(uid, Envelope)` on the original stdout; anything the function prints
+goes to stderr, so it cannot corrupt the protocol:
+
+    write_frame(worker_stdin, cloudpickle.dumps(("t1", max, (1, 2), {})))
+    uid, envelope = cloudpickle.loads(read_frame(worker_stdout))   # Envelope("value", 2)
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from typing import BinaryIO
 
 import cloudpickle
 
-from rhapsody_prefect.calls import call_function, portable_exception
+from rhapsody_prefect.body.envelope import Envelope
 
 HEADER = struct.Struct("!Q")
 
@@ -39,10 +42,9 @@ def serve(requests: BinaryIO, replies: BinaryIO) -> None:
         uid = None
         try:
             uid, fn, args, kwargs = cloudpickle.loads(frame)
-            reply = (uid, True, call_function(fn, args, kwargs))
-            payload = cloudpickle.dumps(reply)
-        except BaseException as error:  # report everything, even SystemExit
-            payload = cloudpickle.dumps((uid, False, portable_exception(error)))
+            payload = cloudpickle.dumps((uid, Envelope.call(fn, args, kwargs)))
+        except BaseException as error:  # an unpicklable call or result, even SystemExit
+            payload = cloudpickle.dumps((uid, Envelope.failure(error)))
         write_frame(replies, payload)
 
 

@@ -32,16 +32,11 @@ from typing import Any, TypeVar, overload
 
 from prefect import Task, task
 
-from .backends.base import tail
-from .commands import run_command
-from .exceptions import ConfigurationError, TaskError
-from .tasks import TaskDict, validate_task
+from ..body.commands import run_command
+from ..core.exceptions import ConfigurationError, TaskError
+from ..core.outcome import tail
+from ..core.tasks import TaskDict, validate_resources, validate_task
 
-#: Resource and placement keys a body may request (validated like task dict keys).
-RESOURCE_KEYS = (
-    "ranks", "cores_per_rank", "gpus_per_rank", "environment", "cwd", "pre_exec",
-    "backend_kwargs",
-)
 COMMAND_ATTRIBUTE = "__rhapsody_command__"
 RESOURCES_ATTRIBUTE = "__rhapsody_resources__"
 
@@ -79,7 +74,8 @@ class ExecutableFailed(TaskError):
 
 
 def command_spec(described: Any, resources: dict[str, Any] | None = None) -> TaskDict:
-    """Turn what an executable_task function returned into a validated task dict."""
+    """Turn what an executable_task function returned into a task dict (not yet validated:
+    the backend's `submit_tasks`, or a local run, validates it once)."""
     if isinstance(described, str):
         spec: TaskDict = {"executable": described, "shell": True}
     elif isinstance(described, (list, tuple)) and described:
@@ -99,7 +95,7 @@ def command_spec(described: Any, resources: dict[str, Any] | None = None) -> Tas
         )
     for key, value in (resources or {}).items():
         spec.setdefault(key, value)
-    return validate_task(spec)
+    return spec
 
 
 def _run_locally(spec: TaskDict) -> ExecutableResult:
@@ -135,22 +131,11 @@ def executable_task(fn: Callable[..., Any] | None = None, /, **task_options: Any
 
     @functools.wraps(fn)
     def run_command_task(*args: Any, **kwargs: Any) -> ExecutableResult:
-        spec = command_spec(fn(*args, **kwargs), resources_of(run_command_task))
+        spec = validate_task(command_spec(fn(*args, **kwargs), resources_of(run_command_task)))
         return check_result(spec, _run_locally(spec))
 
     setattr(run_command_task, COMMAND_ATTRIBUTE, fn)
     return task(run_command_task, **task_options)
-
-
-def validate_resources(resources: dict[str, Any]) -> dict[str, Any]:
-    unknown = sorted(set(resources) - set(RESOURCE_KEYS))
-    if unknown:
-        raise ConfigurationError(
-            f"Unknown resource key {unknown[0]!r}; allowed: {list(RESOURCE_KEYS)}",
-            config_key=unknown[0],
-        )
-    probe = validate_task({"executable": "true", **resources})
-    return {key: probe[key] for key in resources}
 
 
 def task_resources(**resources: Any) -> Callable[[F], F]:
@@ -178,7 +163,6 @@ def command_builder_of(fn: Callable[..., Any]) -> Callable[..., Any] | None:
 
 
 __all__ = [
-    "RESOURCE_KEYS",
     "ExecutableFailed",
     "ExecutableResult",
     "command_spec",

@@ -3,7 +3,7 @@
 Every command runs in a new session (process group), so a cancel or timeout
 kills the command and everything it started.
 
-    >>> from rhapsody_prefect.commands import run_command
+    >>> from rhapsody_prefect.body.commands import run_command
     >>> result = run_command({"executable": "/bin/echo", "arguments": ["hi"]})
     >>> result.exit_code, result.stdout
     (0, 'hi\\n')
@@ -21,7 +21,6 @@ import contextlib
 import dataclasses
 import os
 import shlex
-import shutil
 import signal
 import subprocess
 import threading
@@ -29,9 +28,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from .exceptions import ConfigurationError
-
-MPI_LAUNCHERS = ("mpiexec", "mpirun")
+from ..core.launchers import require_mpi_launcher
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,15 +38,6 @@ class CommandResult:
     exit_code: int
     stdout: str
     stderr: str
-
-
-def mpi_launcher() -> str | None:
-    """Path of the first MPI launcher on PATH, or None."""
-    for name in MPI_LAUNCHERS:
-        path = shutil.which(name)
-        if path:
-            return path
-    return None
 
 
 def command_argv(task: Mapping[str, Any]) -> list[str]:
@@ -62,14 +50,7 @@ def command_argv(task: Mapping[str, Any]) -> list[str]:
         argv = [executable, *arguments]
     ranks = int(task.get("ranks") or 1)
     if ranks > 1:
-        launcher = mpi_launcher()
-        if launcher is None:
-            raise ConfigurationError(
-                f"Task asks for ranks={ranks} but no MPI launcher ({', '.join(MPI_LAUNCHERS)}) "
-                "is on PATH; install one (Debian: mpich) or use ranks=1",
-                config_key="ranks",
-            )
-        argv = [launcher, "-n", str(ranks), *argv]
+        argv = [require_mpi_launcher(ranks), "-n", str(ranks), *argv]
     pre_exec = list(task.get("pre_exec") or [])
     if pre_exec:
         script = " && ".join([*pre_exec, 'exec "$@"'])
@@ -229,7 +210,6 @@ __all__ = [
     "command_argv",
     "command_env",
     "kill_process_group",
-    "mpi_launcher",
     "run_command",
     "run_command_async",
 ]

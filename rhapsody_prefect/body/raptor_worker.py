@@ -1,14 +1,18 @@
 """The raptor worker class the radical_pilot backend starts on a local pilot.
 
 RP's DefaultWorker forks a process per function task; importing the call helpers
-(and cloudpickle) here, once, spares every task process that import.
+(and cloudpickle) here, once, spares every task process that import. RP loads
+this file by path:
+
+    rp.TaskDescription({"mode": rp.RAPTOR_WORKER, "raptor_class": "RhapsodyWorker",
+                        "raptor_file": str(Path(raptor_worker.__file__))})
 """
 
 from __future__ import annotations
 
 import radical.pilot as rp
 
-from rhapsody_prefect.backends import _rp_call  # noqa: F401  (inherited by forked tasks)
+from rhapsody_prefect.body import raptor_call  # noqa: F401  (inherited by forked tasks)
 
 
 class RhapsodyWorker(rp.raptor.DefaultWorker):

@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
-import functools
 import io
 import logging
 import sys
@@ -151,59 +150,18 @@ def _install_capture_hooks(log_prints: bool, log_level: int) -> None:
 
 @contextlib.contextmanager
 def _task_run_context(context: BodyContext) -> Iterator[None]:
-    """A minimal TaskRunContext so get_run_logger() works inside the body."""
+    """A minimal TaskRunContext so get_run_logger() works inside the body.
+
+    Only where the body's process already has Prefect loaded: a worker that never
+    imports Prefect does not pay for it.
+    """
     if "prefect" not in sys.modules:
         yield
         return
-    from prefect.client.schemas.objects import TaskRun
-    from prefect.context import FlowRunContext, TaskRunContext
+    from .prefect_context import task_run_context
 
-    from .inline import InlineTaskRunner
-
-    if TaskRunContext.get() is not None:  # already inside a real run context
+    with task_run_context(context.task_run, context.task_name, context.log_prints):
         yield
-        return
-    with contextlib.ExitStack() as stack:
-        if FlowRunContext.get() is None:
-            stack.enter_context(_construct(FlowRunContext, task_runner=InlineTaskRunner()))
-        stack.enter_context(_construct(
-            TaskRunContext,
-            task=_TaskName(context.task_name),
-            task_run=_construct(TaskRun, **context.task_run),
-            log_prints=context.log_prints,
-            parameters={},
-        ))
-        yield
-
-
-def _construct(model: Any, **values: Any) -> Any:
-    """`model.model_construct(**values)`, with default factories called here.
-
-    pydantic's `model_construct` runs `inspect.signature` on the default factory of
-    every field it fills in, on every call; for a builtin factory (`list`) that builds
-    a class and leaves reference cycles behind. Per task body this cost about 1 KB of
-    cyclic garbage and a dozen signature parses (flow-side RSS grew 100 KB per task).
-    """
-    fields_set = set(values)
-    for name, factory in _default_factories(model):
-        if name not in values:
-            values[name] = factory()
-    return model.model_construct(_fields_set=fields_set, **values)
-
-
-@functools.cache
-def _default_factories(model: Any) -> tuple[tuple[str, Callable[[], Any]], ...]:
-    """The model's fields filled by a default factory that takes no arguments."""
-    return tuple(
-        (name, field.default_factory)
-        for name, field in model.model_fields.items()
-        if field.default_factory is not None and not field.default_factory_takes_validated_data
-    )
-
-
-@dataclasses.dataclass(frozen=True)
-class _TaskName:
-    name: str
 
 
 def run_body(

@@ -155,33 +155,80 @@ def validate_task(task: TaskDict) -> TaskDict:
             if task.get(key):
                 raise _fail(key, "only allowed with 'executable', not with 'function'")
 
-    task["ranks"] = _int_at_least(task, "ranks", 1, 1)
-    task["cores_per_rank"] = _int_at_least(task, "cores_per_rank", 1, 1)
-    task["gpus_per_rank"] = _number_at_least(task, "gpus_per_rank", 0, 0)
-    task["timeout"] = _number_at_least(task, "timeout", 0, Defaults.TIMEOUT)
-    if task["timeout"] == 0:
-        raise _fail("timeout", "expected a number > 0 or None, got 0")
-    task["retries"] = _int_at_least(task, "retries", 0, Defaults.RETRY_ATTEMPTS)
-    task["retry_delay"] = _number_at_least(task, "retry_delay", 0, Defaults.RETRY_DELAY)
-    task["pre_exec"] = _str_list(task, "pre_exec")
+    for key, check in _FIELD_CHECKS.items():
+        task[key] = check(task)
+    return task
 
+
+def _timeout(task: Mapping[str, Any]) -> float | None:
+    timeout = _number_at_least(task, "timeout", 0, Defaults.TIMEOUT)
+    if timeout == 0:
+        raise _fail("timeout", "expected a number > 0 or None, got 0")
+    return timeout
+
+
+def _environment(task: Mapping[str, Any]) -> dict[str, str]:
     environment = task.get("environment") or {}
     if not isinstance(environment, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in environment.items()
     ):
         raise _fail("environment", f"expected a dict of str to str, got {environment!r}")
-    task["environment"] = environment
+    return environment
 
+
+def _cwd(task: Mapping[str, Any]) -> str | None:
     cwd = task.get("cwd")
-    if cwd is not None:
-        if not isinstance(cwd, (str, os.PathLike)):
-            raise _fail("cwd", f"expected a str or path, got {cwd!r}")
-        task["cwd"] = os.fspath(cwd)
+    if cwd is None:
+        return None
+    if not isinstance(cwd, (str, os.PathLike)):
+        raise _fail("cwd", f"expected a str or path, got {cwd!r}")
+    return os.fspath(cwd)
+
+
+def _backend_kwargs(task: Mapping[str, Any]) -> dict[str, Any]:
     backend_kwargs = task.get("backend_kwargs") or {}
     if not isinstance(backend_kwargs, dict):
         raise _fail("backend_kwargs", f"expected a dict, got {backend_kwargs!r}")
-    task["backend_kwargs"] = backend_kwargs
-    return task
+    return backend_kwargs
+
+
+#: Each optional key's check: returns the value with its default filled in.
+_FIELD_CHECKS: dict[str, Callable[[Mapping[str, Any]], Any]] = {
+    "ranks": lambda task: _int_at_least(task, "ranks", 1, 1),
+    "cores_per_rank": lambda task: _int_at_least(task, "cores_per_rank", 1, 1),
+    "gpus_per_rank": lambda task: _number_at_least(task, "gpus_per_rank", 0, 0),
+    "timeout": _timeout,
+    "retries": lambda task: _int_at_least(task, "retries", 0, Defaults.RETRY_ATTEMPTS),
+    "retry_delay": lambda task: _number_at_least(task, "retry_delay", 0, Defaults.RETRY_DELAY),
+    "pre_exec": lambda task: _str_list(task, "pre_exec"),
+    "environment": _environment,
+    "cwd": _cwd,
+    "backend_kwargs": _backend_kwargs,
+}
+
+#: The resource model: what a task body may request, on any backend (`task_resources`).
+RESOURCE_KEYS = (
+    "ranks", "cores_per_rank", "gpus_per_rank", "environment", "cwd", "pre_exec",
+    "backend_kwargs",
+)
+
+
+def validate_resources(resources: Mapping[str, Any]) -> dict[str, Any]:
+    """Check resource requests (a subset of RESOURCE_KEYS) with the task key checks.
+
+        >>> validate_resources({"cores_per_rank": 2})
+        {'cores_per_rank': 2}
+
+    Raises:
+        ConfigurationError: an unknown key or a bad value, naming it.
+    """
+    unknown = sorted(set(resources) - set(RESOURCE_KEYS))
+    if unknown:
+        raise ConfigurationError(
+            f"Unknown resource key {unknown[0]!r}; allowed: {list(RESOURCE_KEYS)}",
+            config_key=unknown[0],
+        )
+    return {key: _FIELD_CHECKS[key](resources) for key in resources}
 
 
 def task_slots(task: Mapping[str, Any]) -> int:
@@ -194,6 +241,7 @@ def is_function_task(task: Mapping[str, Any]) -> bool:
 
 
 __all__ = [
+    "RESOURCE_KEYS",
     "RESULT_KEYS",
     "TASK_KEYS",
     "CallbackFunction",
@@ -202,5 +250,6 @@ __all__ = [
     "is_function_task",
     "new_uid",
     "task_slots",
+    "validate_resources",
     "validate_task",
 ]

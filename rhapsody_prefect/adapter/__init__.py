@@ -1,0 +1,14 @@
+"""The Prefect adapter: RHAPSODY backends as Prefect task runners, and Prefect-side helpers.
+
+    from rhapsody_prefect.adapter.runner import RhapsodyRunner
+    from rhapsody_prefect.adapter.executable import executable_task, task_resources
+
+Modules: `runner` (RhapsodyRunner: the TaskRunner and its lifecycle), `loop_thread`
+(the event loop every task run of a flow run shares), `dispatch` (one task body
+as a backend task, awaited), `timeline` (per-task transition lines and replayed
+body logs), `states` (RHAPSODY TaskState -> Prefect state, and the Prefect result
+of a finished backend task), `executable` (executable_task, task_resources).
+
+Imports: Prefect, `rhapsody_prefect.core`, `.backends` (the registry) and `.body`.
+Nothing outside this folder imports it, except the package's lazy exports.
+"""

@@ -1,0 +1,175 @@
+"""One Prefect task body as a backend task: built, submitted, watched, turned into a result.
+
+    dispatcher = BodyDispatcher(backend, TransitionLines("dask", logging.INFO), 1.0)
+    proxy = dispatcher.proxy(task)        # a copy of the Prefect task whose fn sends the body
+    state = await run_task_async(task=proxy, ...)      # Prefect's engine, unchanged
+    await dispatcher.cancel_all()         # cancel every body still on the backend
+
+The engine calls the proxy inside the task run's context; the proxy builds the
+backend task (a command, or `body.capture.run_body` around the function), submits
+it, waits for its notable states and returns `states.prefect_result(...)`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import copy
+import functools
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from prefect.context import TaskRunContext
+from prefect.futures import PrefectFuture
+from prefect.logging import get_run_logger
+from prefect.states import Cancelled
+from prefect.tasks import Task
+from prefect.utilities.collections import visit_collection
+
+from ..body.capture import BodyContext, run_body
+from ..core.constants import TaskState
+from ..core.contract import BaseExecutionBackend
+from ..core.exceptions import ConfigurationError
+from ..core.tasks import TaskDict
+from .executable import command_builder_of, command_spec, resources_of
+from .states import captured_logs, prefect_result
+from .timeline import TransitionLines, Watch, replay
+
+logger = logging.getLogger("rhapsody_prefect.runner")
+
+
+class BodyDispatcher:
+    """Sends the bodies of one flow run's task runs to one backend."""
+
+    def __init__(
+        self, backend: BaseExecutionBackend, lines: TransitionLines, executing_log_after: float
+    ) -> None:
+        self.backend = backend
+        self.lines = lines
+        self.executing_log_after = executing_log_after
+        self.watches: dict[str, Watch] = {}
+        self.cancelling = False
+        backend.register_callback(self._on_state)
+
+    def _on_state(self, task: TaskDict, state: str) -> None:
+        watch = self.watches.get(task["uid"])
+        if watch is not None:
+            watch.push(TaskState(state))
+
+    def proxy(self, task: Task[Any, Any]) -> Task[Any, Any]:
+        """A copy of `task` whose fn sends the body to the backend (engine unchanged)."""
+        original = task.fn
+
+        @functools.wraps(original)
+        async def send_to_backend(*args: Any, **kwargs: Any) -> Any:
+            return await self.run_body(original, args, kwargs)
+
+        proxy = copy.copy(task)
+        proxy.fn = send_to_backend
+        proxy.isasync = True
+        return proxy
+
+    def backend_task(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> TaskDict:
+        """The backend task for a body, inside its task run's context (not validated yet)."""
+        run_context = TaskRunContext.get()
+        assert run_context is not None and run_context.task_run is not None
+        task_run = run_context.task_run
+        builder = command_builder_of(fn)
+        if builder is not None:
+            spec = command_spec(builder(*args, **kwargs), resources_of(fn))
+        else:
+            context = BodyContext(
+                task_run=task_run.model_dump(
+                    mode="json", include={"id", "name", "flow_run_id", "task_key"}
+                ),
+                task_name=run_context.task.name,
+                log_prints=bool(run_context.log_prints),
+                log_level=get_run_logger().logger.getEffectiveLevel(),
+            )
+            spec = {**resources_of(fn), "function": run_body,
+                    "args": (fn, args, kwargs, context)}
+        spec["uid"] = f"{task_run.name}.{task_run.id.hex[-8:]}.{task_run.run_count}"
+        spec["name"] = task_run.name
+        return spec
+
+    async def run_body(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        if self.cancelling:
+            return Cancelled(message="The task runner was cancelled before this task ran")
+        run_logger = get_run_logger()
+        spec = self.backend_task(fn, args, kwargs)
+        uid = spec["uid"]
+        watch = self.watches[uid] = Watch()
+        executing_line: asyncio.TimerHandle | None = None
+        try:
+            await self.backend.submit_tasks([spec])
+            while True:
+                state = await watch.states.get()
+                if state.is_terminal:
+                    break
+                if (state is TaskState.EXECUTING and executing_line is None
+                        and self.lines.level is not None):
+                    executing_line = asyncio.get_running_loop().call_later(
+                        self.executing_log_after, self.lines.log,
+                        run_logger, uid, "executing", state, "", time.time(),
+                    )
+                elif state is TaskState.RETRYING:
+                    self.lines.log(run_logger, uid, "retrying", state)
+        except asyncio.CancelledError:  # Prefect's timeout, or the flow being torn down
+            asyncio.get_running_loop().create_task(cancel_many(self.backend, [uid]))
+            raise
+        finally:
+            self.watches.pop(uid, None)
+            if executing_line is not None:
+                executing_line.cancel()
+        replay(run_logger, captured_logs(spec))
+        self.lines.log(run_logger, uid, "finished", state, watch.timeline())
+        return await prefect_result(spec)
+
+    async def cancel_all(self) -> None:
+        self.cancelling = True
+        await cancel_many(self.backend, list(self.watches))
+
+
+async def cancel_many(backend: BaseExecutionBackend, uids: list[str]) -> None:
+    results = await asyncio.gather(
+        *(backend.cancel_task(uid) for uid in uids), return_exceptions=True
+    )
+    for uid, outcome in zip(uids, results, strict=True):
+        if isinstance(outcome, BaseException) and not isinstance(outcome, ConfigurationError):
+            logger.warning("Cancelling backend task %s failed: %r", uid, outcome)
+
+
+_PLAIN_TYPES = (int, float, str, bytes, bool, type(None))
+
+
+async def wait_for_futures(parameters: dict[str, Any], wait_for: list[PrefectFuture[Any]]) -> None:
+    """Wait, without blocking the loop, for the upstream futures in parameters and wait_for.
+
+    Prefect's engine resolves upstream futures with blocking calls; awaited here
+    first, the engine finds them done.
+    """
+    if not wait_for and all(type(value) in _PLAIN_TYPES for value in parameters.values()):
+        return  # nothing to wait for; skips a full visit of the parameters per task
+    futures: list[PrefectFuture[Any]] = []
+
+    def collect(value: Any) -> Any:
+        if isinstance(value, PrefectFuture):
+            futures.append(value)
+        return value
+
+    visit_collection([parameters, wait_for], visit_fn=collect, return_data=False, max_depth=-1)
+    for future in futures:
+        wrapped = getattr(future, "wrapped_future", None)
+        if isinstance(wrapped, concurrent.futures.Future):
+            await asyncio.wait([asyncio.wrap_future(wrapped)])
+        else:
+            await asyncio.to_thread(future.wait)
+
+
+__all__ = ["BodyDispatcher", "cancel_many", "wait_for_futures"]

@@ -1,0 +1,261 @@
+"""RhapsodyRunner: every RHAPSODY backend as a Prefect task runner.
+
+    from prefect import flow, task
+    from rhapsody_prefect import RhapsodyRunner
+
+    @task
+    def square(x: int) -> int:
+        return x * x
+
+    @flow(task_runner=RhapsodyRunner("dask", address="tcp://scheduler:8786"))
+    def ensemble() -> list[int]:
+        return square.map(range(10)).result()
+
+The first argument names a backend in the registry (`concurrent`, `dask`,
+`radical_pilot`, or one registered at run time); the rest go to that backend's
+constructor. Prefect's task engine (states, retries, caching, timeouts, result
+persistence, events) runs in the flow process, all task runs as coroutines on
+one event-loop thread; only each task *body* is sent to the backend. The
+backend is created and started on the first submit and terminated when the
+flow run ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import contextvars
+import inspect
+import logging
+import threading
+import weakref
+from collections.abc import Iterable
+from typing import Any
+
+from prefect._internal.uuid7 import uuid7
+from prefect.context import AsyncClientContext
+from prefect.futures import PrefectConcurrentFuture, PrefectFuture
+from prefect.states import Crashed, State
+from prefect.task_engine import run_task_async
+from prefect.task_runners import TaskRunner
+from prefect.tasks import Task
+
+from ..backends.discovery import get_backend
+from ..core.exceptions import ConfigurationError
+from .dispatch import BodyDispatcher, wait_for_futures
+from .loop_thread import LoopThread
+from .timeline import TransitionLines
+
+logger = logging.getLogger("rhapsody_prefect.runner")
+
+
+class RhapsodyRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
+    """A Prefect task runner that runs task bodies on a RHAPSODY backend.
+
+    Args:
+        backend: registry name of the backend (`concurrent`, `dask`, `radical_pilot`, ...).
+        *backend_args: positional arguments for the backend's constructor.
+        transition_log_level: level of the per-task log lines that record where and
+            when the body ran (queued, executing, retrying, finished); None: no lines.
+        executing_log_after: seconds a body must have been executing before its
+            "executing" line is logged (stamped with the time it started); bodies that
+            finish sooner get only the "finished" line, which carries the whole
+            timeline. 0: always log it.
+        **backend_kwargs: keyword arguments for the backend's constructor.
+    """
+
+    #: Attributes that live only while the runner runs (never pickled or duplicated).
+    _RUNTIME = ("_stack", "_loop_thread", "_dispatcher", "_client_context", "_backend_lock",
+                "_inflight", "_cancelling", "_children")
+
+    def __init__(
+        self,
+        backend: str = "concurrent",
+        *backend_args: Any,
+        transition_log_level: int | None = logging.INFO,
+        executing_log_after: float = 1.0,
+        **backend_kwargs: Any,
+    ) -> None:
+        if not isinstance(backend, str):
+            raise ConfigurationError(
+                f"RhapsodyRunner needs a backend name (str), got {backend!r}", "backend"
+            )
+        self.backend_name = backend
+        super().__init__()
+        self.backend_args = backend_args
+        self.backend_kwargs = backend_kwargs
+        self.transition_log_level = transition_log_level
+        if (isinstance(executing_log_after, bool)
+                or not isinstance(executing_log_after, (int, float)) or executing_log_after < 0):
+            raise ConfigurationError(
+                f"executing_log_after must be a number of seconds >= 0, got "
+                f"{executing_log_after!r}", "executing_log_after",
+            )
+        self.executing_log_after = executing_log_after
+        self._reset_runtime()
+
+    def _reset_runtime(self) -> None:
+        self._stack: contextlib.ExitStack | None = None
+        self._loop_thread: LoopThread | None = None
+        self._dispatcher: BodyDispatcher | None = None
+        self._client_context: AsyncClientContext | None = None
+        self._backend_lock = threading.Lock()
+        self._inflight: set[concurrent.futures.Future[Any]] = set()
+        self._cancelling = False
+        self._children: weakref.WeakSet[RhapsodyRunner] = weakref.WeakSet()
+
+    # --------------------------------------------------------------- TaskRunner
+    @property
+    def name(self) -> str:
+        return f"rhapsody-{self.backend_name}"
+
+    def duplicate(self) -> RhapsodyRunner:
+        twin = type(self)(
+            self.backend_name,
+            *self.backend_args,
+            transition_log_level=self.transition_log_level,
+            executing_log_after=self.executing_log_after,
+            **self.backend_kwargs,
+        )
+        self._children.add(twin)
+        return twin
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, RhapsodyRunner)
+            and (self.backend_name, self.backend_args, self.backend_kwargs)
+            == (other.backend_name, other.backend_args, other.backend_kwargs)
+        )
+
+    __hash__ = object.__hash__
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = {k: v for k, v in self.__dict__.items() if k not in self._RUNTIME}
+        state["_started"] = False
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._reset_runtime()
+
+    def __enter__(self) -> RhapsodyRunner:
+        super().__enter__()
+        self._cancelling = False
+        self._stack = contextlib.ExitStack()
+        loop_thread = LoopThread(name=f"rhapsody-{self.backend_name}-runner")
+        self._stack.callback(loop_thread.stop)
+        self._loop_thread = loop_thread
+        return self
+
+    def __exit__(self, exc_type: Any, exc_value: Any, traceback: Any) -> None:
+        try:
+            if exc_type is not None:
+                self.cancel_all()
+            concurrent.futures.wait(list(self._inflight))
+            if self._stack is not None:
+                self._stack.close()  # backend terminated, client closed, loop stopped
+        finally:
+            self._stack = None
+            self._dispatcher = None
+            self._client_context = None
+            self._loop_thread = None
+            super().__exit__(exc_type, exc_value, traceback)
+
+    def submit(
+        self,
+        task: Task[Any, Any],
+        parameters: dict[str, Any],
+        wait_for: Iterable[PrefectFuture[Any]] | None = None,
+        dependencies: dict[str, set[Any]] | None = None,
+    ) -> PrefectConcurrentFuture[Any]:
+        if not self._started or self._loop_thread is None:
+            raise RuntimeError("Task runner is not started")
+        if inspect.isgeneratorfunction(task.fn) or inspect.isasyncgenfunction(task.fn):
+            raise ConfigurationError(
+                f"Task {task.name!r} is a generator; RhapsodyRunner runs task bodies on a "
+                "backend and cannot stream their results. Return a list instead.",
+                config_key="task",
+            )
+        dispatcher = self._ensure_backend()
+        task_run_id = uuid7()
+        engine_run = self._run_task(
+            dispatcher, task, task_run_id, parameters, list(wait_for or []), dependencies
+        )
+        context = contextvars.copy_context()
+        # One API client for every task run on the loop, instead of one each.
+        context.run(AsyncClientContext.__var__.set, self._client_context)
+        future = self._loop_thread.spawn(engine_run, context)
+        self._inflight.add(future)
+        future.add_done_callback(self._inflight.discard)
+        return PrefectConcurrentFuture(task_run_id=task_run_id, wrapped_future=future)
+
+    def cancel_all(self) -> None:
+        """Cancel every task of this runner (and of its running duplicates)."""
+        for child in list(self._children):
+            child.cancel_all()
+        self._cancelling = True
+        loop_thread, dispatcher = self._loop_thread, self._dispatcher
+        if loop_thread is None or dispatcher is None or loop_thread.loop.is_closed():
+            return
+        loop_thread.call(dispatcher.cancel_all())
+
+    # ---------------------------------------------------------------- internals
+    def _ensure_backend(self) -> BodyDispatcher:
+        """Create and start the backend on first use; a start failure fails submit."""
+        with self._backend_lock:
+            if self._dispatcher is None:
+                assert self._loop_thread is not None and self._stack is not None
+                backend = get_backend(self.backend_name, *self.backend_args, **self.backend_kwargs)
+                dispatcher = BodyDispatcher(
+                    backend,
+                    TransitionLines(self.backend_name, self.transition_log_level),
+                    self.executing_log_after,
+                )
+                dispatcher.cancelling = self._cancelling
+                loop_thread = self._loop_thread
+                self._client_context = loop_thread.call(_open_client())
+                client = self._client_context.client
+                self._stack.callback(lambda: loop_thread.call(client.__aexit__(None, None, None)))
+                self._stack.callback(lambda: loop_thread.call(backend.terminate()))
+                self._dispatcher = dispatcher
+                loop_thread.call(backend.start())
+            return self._dispatcher
+
+    async def _run_task(
+        self,
+        dispatcher: BodyDispatcher,
+        task: Task[Any, Any],
+        task_run_id: Any,
+        parameters: dict[str, Any],
+        wait_for: list[PrefectFuture[Any]],
+        dependencies: dict[str, set[Any]] | None,
+    ) -> State[Any]:
+        try:
+            await wait_for_futures(parameters, wait_for)
+        except Exception as error:  # a foreign future that cannot be waited on
+            logger.warning("Waiting for upstream futures failed: %r", error)
+        try:
+            return await run_task_async(
+                task=dispatcher.proxy(task),
+                task_run_id=task_run_id,
+                parameters=parameters,
+                wait_for=wait_for or None,
+                return_type="state",
+                dependencies=dependencies,
+            )
+        except asyncio.CancelledError:
+            raise
+        except BaseException as error:  # the engine recorded a crash; the loop lives on
+            return Crashed(message=f"Task run crashed: {type(error).__name__}: {error}")
+
+
+async def _open_client() -> AsyncClientContext:
+    # Opened and closed by hand: the context model's own __aexit__ resets a
+    # contextvar token, which only works in the context that entered it.
+    client_context = AsyncClientContext()
+    await client_context.client.__aenter__()
+    return client_context
+
+
+__all__ = ["RhapsodyRunner"]

@@ -1,0 +1,112 @@
+"""What a task run's log says of its backend task: transition lines and the body's own lines.
+
+    watch = Watch()                      # fed by the backend's state callback
+    watch.push(TaskState.EXECUTING)
+    watch.timeline()                     # 'queued 12:00:01.250, executing +0.004s, ...'
+    lines = TransitionLines("dask", logging.INFO)
+    lines.log(run_logger, uid, "finished", TaskState.COMPLETED, watch.timeline())
+    replay(run_logger, captured)         # the body's lines, with their original times
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from ..body.capture import LogLine
+from ..core.constants import TaskState
+from .states import to_prefect
+
+#: The states the runner acts on and shows in a timeline; the waiting engine coroutine is
+#: woken only for these (one wake-up costs a resume of Prefect's whole engine call chain).
+NOTABLE = frozenset(
+    {TaskState.EXECUTING, TaskState.RETRYING} | {s for s in TaskState if s.is_terminal}
+)
+
+
+class Watch:
+    """The flow side of one backend task: its state changes, as they arrive."""
+
+    def __init__(self) -> None:
+        self.states: asyncio.Queue[TaskState] = asyncio.Queue()
+        self.times: list[tuple[TaskState, float]] = []
+
+    def push(self, state: TaskState) -> None:
+        self.times.append((state, time.time()))
+        if state in NOTABLE:  # NEW, WAITING, READY are only timestamped
+            self.states.put_nowait(state)
+
+    def timeline(self) -> str:
+        """'queued 12:00:01.250, executing +0.004s, completed +0.120s'."""
+        if not self.times:
+            return ""
+        start = self.times[0][1]
+        clock = time.strftime("%H:%M:%S", time.localtime(start)) + f".{int(start % 1 * 1000):03d}"
+        parts = [f"queued {clock}"]
+        for state, moment in self.times[1:]:
+            if state in NOTABLE:
+                parts.append(f"{state.value.lower()} +{moment - start:.3f}s")
+        return ", ".join(parts)
+
+
+class TransitionLines:
+    """A line when a long body is executing (or retrying), one when it ends.
+
+    The final line carries the whole timeline, so a short task costs one log line.
+    """
+
+    def __init__(self, backend_name: str, level: int | None) -> None:
+        self.backend_name = backend_name
+        self.level = level
+
+    def log(
+        self,
+        run_logger: Any,
+        uid: str,
+        event: str,
+        state: TaskState,
+        timeline: str = "",
+        at: float | None = None,
+    ) -> None:
+        if self.level is None:
+            return
+        _prefect_type, prefect_name = to_prefect(state)
+        message = (
+            f"Backend {self.backend_name!r} task {uid} {event}: RHAPSODY {state.value} "
+            f"(Prefect {prefect_name}){f'; {timeline}' if timeline else ''}"
+        )
+        emit(run_logger, self.level, message, at, extra={
+            "rhapsody_backend": self.backend_name, "rhapsody_uid": uid,
+            "rhapsody_state": state.value,
+        })
+
+
+def replay(run_logger: Any, lines: list[LogLine]) -> None:
+    """Emit the body's captured log lines as the task run's own, with their times."""
+    for line in lines:
+        emit(run_logger, line.levelno, line.message, line.created)
+
+
+def emit(
+    run_logger: Any,
+    level: int,
+    message: str,
+    created: float | None = None,
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """Log `message` on the task run's logger, stamped `created` (default: now)."""
+    target = run_logger.logger
+    if not target.isEnabledFor(level):
+        return
+    record = target.makeRecord(
+        target.name, level, "(backend)", 0, message, None, None,
+        extra={**run_logger.extra, **(extra or {})},
+    )
+    if created is not None:
+        record.created = created
+        record.msecs = (created % 1) * 1000
+    target.handle(record)
+
+
+__all__ = ["NOTABLE", "TransitionLines", "Watch", "emit", "replay"]

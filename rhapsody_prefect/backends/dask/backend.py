@@ -1,0 +1,301 @@
+"""The `dask` backend: tasks run on a Dask distributed cluster.
+
+    import rhapsody_prefect as rhapsody
+
+    # A LocalCluster with 4 threads in total, started and closed by the backend:
+    async with rhapsody.get_backend("dask", resources={"threads": 4}) as backend:
+        await backend.submit_tasks([
+            {"function": sum, "args": ([1, 2, 3],)},
+            {"executable": "/bin/echo", "arguments": ["hello"]},
+        ])
+        await backend.wait()
+
+    # An existing cluster: by scheduler address, or as a cluster object
+    # (never closed by the backend):
+    backend = rhapsody.get_backend("dask", address="tcp://10.0.0.5:8786")
+    backend = rhapsody.get_backend("dask", cluster=SLURMCluster(...), adapt_kwargs={"maximum": 20})
+
+    # A cluster class the backend starts and closes (the DaskTaskRunner shapes):
+    backend = rhapsody.get_backend(
+        "dask",
+        cluster_class="dask_jobqueue.SLURMCluster",
+        cluster_kwargs={"cores": 32, "memory": "64GB", "walltime": "01:00:00"},
+        adapt_kwargs={"minimum": 1, "maximum": 10},
+        client_kwargs={"timeout": "60s"},
+    )
+
+Function tasks (sync or async) run in a worker thread; executable tasks run
+as a subprocess on the worker (`body.dask_worker`), which the worker kills
+when the task is cancelled. Options are checked in `options`, task resources
+against the workers in `worker_resources`.
+
+Dask calls back on the client's event loop thread; the backend only reports
+states from there (`ExecutionBackend._report`), it never blocks that loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any
+
+import cloudpickle
+import distributed
+from distributed import Client, Future
+
+from ...body.dask_worker import payload_of, run_on_worker
+from ...core.constants import BackendType, TaskState
+from ...core.engine import ExecutionBackend
+from ...core.exceptions import BackendError
+from ...core.tasks import TaskDict
+from .options import DaskOptions, load_cluster_class
+from .worker_resources import WorkerResources
+
+logger = logging.getLogger("rhapsody_prefect.backends.dask")
+
+#: Dask's client-side future states -> TaskState, in one place.
+DASK_STATES: Mapping[str, TaskState] = MappingProxyType({
+    "pending": TaskState.WAITING,
+    "finished": TaskState.COMPLETED,
+    "error": TaskState.FAILED,
+    "lost": TaskState.FAILED,
+    "cancelled": TaskState.CANCELED,
+})
+
+#: Reason given to Dask when this backend cancels a future.
+CANCEL_REASON = "rhapsody-cancel"
+
+
+class WorkerLost(BackendError):
+    """Dask workers died while running the task (Dask's KilledWorker)."""
+
+
+class SchedulerLost(BackendError):
+    """The client lost its connection to the Dask scheduler."""
+
+
+class DaskBackend(ExecutionBackend):
+    """Runs tasks on a Dask distributed cluster: started here, or an existing one."""
+
+    backend_type = BackendType.DASK
+    slots = None  # Dask schedules
+
+    def __init__(self, resources: Mapping[str, Any] | None = None, **options: Any) -> None:
+        checked = DaskOptions.check(resources, **options)
+        super().__init__()
+        self.address = checked.address
+        self.cluster = checked.cluster
+        self.cluster_class = checked.cluster_class
+        self.cluster_kwargs = checked.cluster_kwargs
+        self.adapt_kwargs = checked.adapt_kwargs
+        self.client_kwargs = checked.client_kwargs
+        self.resource_names = checked.resource_names
+        self._worker_resources = WorkerResources(checked.resource_names)
+        self._client: Client | None = None
+        self._own_cluster: Any = None
+        self._token = uuid.uuid4().hex[:8]
+        self._topic = f"rhapsody-{self._token}"
+        # uid -> current Dask key; key -> (uid, future). Written on the backend loop only.
+        self._key_of: dict[str, str] = {}
+        self._futures: dict[str, tuple[str, Future]] = {}
+        self._cancelling: set[str] = set()
+        self._watchers: set[asyncio.Task[None]] = set()  # client loop only
+
+    # ----------------------------------------------------------------- hooks
+    async def _start(self) -> None:
+        self._client = await asyncio.to_thread(self._connect)
+        self._client.subscribe_topic(self._topic, self._on_event)
+
+    def _connect(self) -> Client:
+        """Create (or reach) the cluster and a client; runs in a worker thread."""
+        if self.address is not None:
+            return Client(self.address, **self.client_kwargs)
+        if self.cluster is not None:
+            if self.adapt_kwargs:
+                self.cluster.adapt(**self.adapt_kwargs)
+            return Client(self.cluster, **self.client_kwargs)
+        cluster = load_cluster_class(self.cluster_class)(**self.cluster_kwargs)
+        self._own_cluster = cluster
+        try:
+            if self.adapt_kwargs:
+                cluster.adapt(**self.adapt_kwargs)
+            return Client(cluster, **self.client_kwargs)
+        except BaseException:
+            self._own_cluster = None
+            cluster.close()
+            raise
+
+    async def _launch(self, tasks: list[TaskDict]) -> None:
+        client = self._client
+        if client is None or client.status != "running":
+            raise SchedulerLost(
+                f"The Dask client is not connected to the scheduler "
+                f"({client.status if client else 'no client'})",
+                self.backend_type,
+            )
+        launched: list[tuple[str, str, Future]] = []
+        for task in tasks:
+            uid = task["uid"]
+            key = f"rhapsody-{uid}-{self.attempt_of(uid)}-{self._token}"
+            try:
+                payload = cloudpickle.dumps(payload_of(task))
+                future = client.submit(
+                    run_on_worker, payload, self._topic, key,
+                    key=key, pure=False, retries=0, **self._submit_options(task),
+                )
+            except Exception as error:
+                self._report(uid, TaskState.FAILED, exception=error)
+                continue
+            self._key_of[uid] = key
+            self._futures[key] = (uid, future)
+            launched.append((uid, key, future))
+        if launched:
+            client.loop.add_callback(self._start_watchers, launched)
+
+    async def _cancel(self, uids: list[str]) -> None:
+        client = self._client
+        futures = []
+        for uid in uids:
+            key = self._key_of.get(uid)
+            entry = self._futures.get(key) if key else None
+            if entry is not None:
+                self._cancelling.add(key)
+                futures.append(entry[1])
+        if client is None or not futures:
+            return
+        await self._on_client_loop(client.cancel(
+            futures, asynchronous=True, reason=CANCEL_REASON,
+            msg="Cancelled by the rhapsody dask backend",
+        ))
+
+    async def _shutdown(self) -> None:
+        await asyncio.to_thread(self._close)
+
+    def _close(self) -> None:
+        client, cluster = self._client, self._own_cluster
+        self._client = self._own_cluster = None
+        if client is not None:
+            with contextlib.suppress(Exception):
+                client.unsubscribe_topic(self._topic)
+            try:
+                client.close()
+            except Exception:
+                logger.warning("Closing the Dask client failed", exc_info=True)
+        if cluster is not None:  # only a cluster this backend started
+            try:
+                cluster.close()
+            except Exception:
+                logger.warning("Closing the Dask cluster failed", exc_info=True)
+
+    def _check_task(self, task: TaskDict) -> None:
+        self._worker_resources.check(task, self._client)
+
+    # ---------------------------------------------------------------- helpers
+    def _submit_options(self, task: TaskDict) -> dict[str, Any]:
+        kwargs = task.get("backend_kwargs") or {}
+        options: dict[str, Any] = {
+            k: kwargs[k] for k in ("workers", "allow_other_workers", "priority") if k in kwargs
+        }
+        resources = self._worker_resources.for_task(task)
+        if resources:
+            options["resources"] = resources
+        return options
+
+    async def _on_client_loop(self, coro: Any) -> Any:
+        assert self._client is not None
+        future = asyncio.run_coroutine_threadsafe(coro, self._client.loop.asyncio_loop)
+        return await asyncio.wrap_future(future)
+
+    # ------------------------------------------------- on the client's loop
+    def _on_event(self, event: tuple[float, Any]) -> None:
+        _, key = event
+        entry = self._futures.get(key)
+        if entry is not None and self._key_of.get(entry[0]) == key:
+            self._report(entry[0], TaskState.EXECUTING)
+
+    def _start_watchers(self, launched: list[tuple[str, str, Future]]) -> None:
+        for uid, key, future in launched:
+            watcher = asyncio.ensure_future(self._watch(uid, key, future))
+            self._watchers.add(watcher)
+            watcher.add_done_callback(self._watchers.discard)
+
+    async def _watch(self, uid: str, key: str, future: Future) -> None:
+        client = self._client
+        state: TaskState
+        results: dict[str, Any]
+        try:
+            if client is None:
+                raise SchedulerLost("The Dask client was closed", self.backend_type)
+            (envelope,) = await client.gather([future], asynchronous=True)
+        except BaseException as error:  # every outcome must be reported
+            state, results = self._failure(uid, key, future, error)
+        else:
+            state, results = envelope.outcome()
+        del future
+        self._report(uid, state, **results)
+        loop = self.loop
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._forget, uid, key)
+
+    def _failure(
+        self, uid: str, key: str, future: Future, error: BaseException
+    ) -> tuple[TaskState, dict[str, Any]]:
+        state = DASK_STATES.get(future.status or "", TaskState.FAILED)
+        if state is TaskState.CANCELED:
+            reason = getattr(future._state.exception, "reason", None) if future._state else None
+            if key in self._cancelling or reason == CANCEL_REASON:
+                return TaskState.CANCELED, {}
+            if reason == "scheduler-connection-lost":
+                lost = SchedulerLost(
+                    f"Lost the connection to the Dask scheduler at {self._scheduler_address()}; "
+                    "the task's outcome is unknown",
+                    self.backend_type,
+                )
+                self._break(lost)
+                return TaskState.FAILED, {"exception": lost}
+            return TaskState.FAILED, {"exception": BackendError(
+                f"Dask cancelled task '{uid}' (key {key}): {error}", self.backend_type
+            )}
+        if isinstance(error, distributed.KilledWorker):
+            return TaskState.FAILED, {"exception": WorkerLost(
+                f"Task '{uid}' failed: KilledWorker: the Dask workers running it died "
+                f"({error})",
+                self.backend_type,
+                details={"key": key},
+            )}
+        if isinstance(error, asyncio.CancelledError):
+            error = BackendError(
+                f"The Dask client stopped watching task '{uid}'", self.backend_type
+            )
+        return TaskState.FAILED, {"exception": error}
+
+    def _scheduler_address(self) -> str:
+        with contextlib.suppress(Exception):
+            if self._client is not None and self._client.scheduler is not None:
+                return str(self._client.scheduler.address)
+        return str(self.address)
+
+    # ---------------------------------------------------- on the backend loop
+    def _forget(self, uid: str, key: str) -> None:
+        self._futures.pop(key, None)
+        self._cancelling.discard(key)
+        if self._key_of.get(uid) == key:
+            del self._key_of[uid]
+
+    @property
+    def client(self) -> Client | None:
+        """The Dask client, once started."""
+        return self._client
+
+    @property
+    def dashboard_link(self) -> str | None:
+        return getattr(self._client, "dashboard_link", None) if self._client else None
+
+
+
+__all__ = ["DASK_STATES", "DaskBackend", "SchedulerLost", "WorkerLost"]

@@ -1,0 +1,215 @@
+"""The dask backend's options: which cluster, how big, and how to reach it; checked once.
+
+    options = DaskOptions.check(resources={"threads": 4})
+    options.cluster_kwargs          # {'n_workers': 2, 'threads_per_worker': 2}
+    DaskOptions.check(adress="tcp://...")   # ConfigurationError: unknown option 'adress'
+
+`resources=` sizes a cluster the backend starts (`CLUSTER_SIZE_KEYS`); `address=`
+and `cluster=` name the user's own cluster, which the backend never sizes or closes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import math
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from ...core.exceptions import ConfigurationError
+
+#: `resources=` keys: the size of a LocalCluster the backend starts.
+CLUSTER_SIZE_KEYS = ("threads", "workers", "threads_per_worker", "memory_limit")
+#: Resource kinds a task asks for, and the names workers may declare them under.
+DEFAULT_RESOURCE_NAMES: Mapping[str, tuple[str, ...]] = {
+    "cores": ("CPU", "CPUS", "CORES", "CORE"),
+    "gpus": ("GPU", "GPUS"),
+}
+OPTIONS = (
+    "resources", "address", "cluster", "cluster_class", "cluster_kwargs", "adapt_kwargs",
+    "client_kwargs", "resource_names",
+)
+
+
+@dataclasses.dataclass
+class DaskOptions:
+    address: str | None
+    cluster: Any
+    cluster_class: str | type | None
+    cluster_kwargs: dict[str, Any]
+    adapt_kwargs: dict[str, Any]
+    client_kwargs: dict[str, Any]
+    resource_names: dict[str, str]
+
+    @classmethod
+    def check(
+        cls,
+        resources: Mapping[str, Any] | None = None,
+        *,
+        address: str | None = None,
+        cluster: Any = None,
+        cluster_class: str | type | None = None,
+        cluster_kwargs: Mapping[str, Any] | None = None,
+        adapt_kwargs: Mapping[str, Any] | None = None,
+        client_kwargs: Mapping[str, Any] | None = None,
+        resource_names: Mapping[str, str] | None = None,
+        **unknown: Any,
+    ) -> DaskOptions:
+        """The options, checked; ConfigurationError names the first bad one."""
+        if unknown:
+            raise ConfigurationError(
+                f"Unknown option(s) {sorted(unknown)} for the dask backend; allowed: "
+                f"{', '.join(OPTIONS)}",
+                config_key=sorted(unknown)[0],
+            )
+        for key, value in (
+            ("resources", resources),
+            ("cluster_kwargs", cluster_kwargs),
+            ("adapt_kwargs", adapt_kwargs),
+            ("client_kwargs", client_kwargs),
+            ("resource_names", resource_names),
+        ):
+            if value is not None and not isinstance(value, Mapping):
+                raise ConfigurationError(
+                    f"{key} must be a dict, got {type(value).__name__}", config_key=key
+                )
+        _check_cluster_source(address, cluster, cluster_class)
+        if address is not None or cluster is not None:
+            given = "address" if address is not None else "cluster"
+            for key, value in (
+                ("resources", resources),
+                ("cluster_class", cluster_class),
+                ("cluster_kwargs", cluster_kwargs),
+            ):
+                if value:
+                    raise ConfigurationError(
+                        f"{key} configures a cluster the backend starts; it cannot be "
+                        f"combined with {given}=",
+                        config_key=key,
+                    )
+        if address is not None and adapt_kwargs:
+            raise ConfigurationError(
+                "adapt_kwargs needs a cluster object; with address= scale the cluster yourself",
+                config_key="adapt_kwargs",
+            )
+        client = dict(client_kwargs or {})
+        for key in ("address", "asynchronous"):
+            if key in client:
+                raise ConfigurationError(
+                    f"client_kwargs may not set {key!r}; the backend sets it",
+                    config_key="client_kwargs",
+                )
+        client.setdefault("set_as_default", False)
+        names = dict(resource_names or {})
+        for key, value in names.items():
+            if key not in DEFAULT_RESOURCE_NAMES or not isinstance(value, str):
+                raise ConfigurationError(
+                    f"resource_names maps {sorted(DEFAULT_RESOURCE_NAMES)} to the resource "
+                    f"names your workers declare, got {key!r}: {value!r}",
+                    config_key="resource_names",
+                )
+        return cls(
+            address=address,
+            cluster=cluster,
+            cluster_class=cluster_class,
+            cluster_kwargs={**cluster_size(resources), **(cluster_kwargs or {})},
+            adapt_kwargs=dict(adapt_kwargs or {}),
+            client_kwargs=client,
+            resource_names=names,
+        )
+
+
+def _check_cluster_source(address: Any, cluster: Any, cluster_class: Any) -> None:
+    if address is not None and (not isinstance(address, str) or not address):
+        raise ConfigurationError(
+            f"address must be a scheduler address str, got {address!r}", config_key="address"
+        )
+    if cluster is not None and not hasattr(cluster, "scheduler_address"):
+        raise ConfigurationError(
+            f"cluster must be a Dask cluster object (with scheduler_address), got {cluster!r}",
+            config_key="cluster",
+        )
+    if cluster_class is not None and not isinstance(cluster_class, (str, type)):
+        raise ConfigurationError(
+            f"cluster_class must be a class or an import path str, got {cluster_class!r}",
+            config_key="cluster_class",
+        )
+    if address is not None and cluster is not None:
+        raise ConfigurationError("Pass either address or cluster, not both", "cluster")
+
+
+def cluster_size(resources: Mapping[str, Any] | None) -> dict[str, Any]:
+    """LocalCluster keyword arguments for `resources=` (threads, workers, ...)."""
+    resources = dict(resources or {})
+    unknown = sorted(set(resources) - set(CLUSTER_SIZE_KEYS))
+    if unknown:
+        raise ConfigurationError(
+            f"Unknown resources key(s) {unknown}; allowed: {list(CLUSTER_SIZE_KEYS)}",
+            config_key="resources",
+        )
+    for key in ("threads", "workers", "threads_per_worker"):
+        value = resources.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                  or value < 1):
+            raise ConfigurationError(
+                f"resources['{key}'] must be an int >= 1, got {value!r}",
+                config_key="resources",
+            )
+    threads = resources.get("threads")
+    workers = resources.get("workers")
+    per_worker = resources.get("threads_per_worker")
+    if threads is not None:
+        if workers is None and per_worker is None:
+            workers = _workers_for(threads)
+        if workers is not None and per_worker is None:
+            per_worker = max(1, math.ceil(threads / workers))
+        elif per_worker is not None and workers is None:
+            workers = max(1, math.ceil(threads / per_worker))
+        if workers * per_worker != threads:
+            raise ConfigurationError(
+                f"resources: threads={threads} is not workers * threads_per_worker "
+                f"({workers} * {per_worker})",
+                config_key="resources",
+            )
+    result: dict[str, Any] = {}
+    if workers is not None:
+        result["n_workers"] = workers
+    if per_worker is not None:
+        result["threads_per_worker"] = per_worker
+    if resources.get("memory_limit") is not None:
+        result["memory_limit"] = resources["memory_limit"]
+    return result
+
+
+def _workers_for(threads: int) -> int:
+    """Worker processes for `threads` threads: the largest divisor <= CPU count."""
+    cpus = os.cpu_count() or 1
+    return max(n for n in range(1, min(threads, cpus) + 1) if threads % n == 0)
+
+
+def load_cluster_class(cluster_class: str | type | None) -> type:
+    """The cluster class: LocalCluster by default, or imported from 'package.Class'."""
+    if cluster_class is None:
+        import distributed
+
+        return distributed.LocalCluster
+    if isinstance(cluster_class, type):
+        return cluster_class
+    module_name, _, attr = cluster_class.replace(":", ".").rpartition(".")
+    try:
+        return getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError, ValueError) as error:
+        raise ConfigurationError(
+            f"cluster_class {cluster_class!r} cannot be imported: {error}",
+            config_key="cluster_class",
+        ) from error
+
+
+__all__ = [
+    "CLUSTER_SIZE_KEYS",
+    "DEFAULT_RESOURCE_NAMES",
+    "DaskOptions",
+    "cluster_size",
+    "load_cluster_class",
+]

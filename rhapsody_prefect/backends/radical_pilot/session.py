@@ -1,0 +1,336 @@
+"""One RADICAL-Pilot session with its pilot and task manager (and raptor, on demand).
+
+    run = PilotRun(resources, raptor, work_dir, keep_sandbox=False, default_work_dir=True,
+                   shared=False)
+    run.start()                                  # session, managers, pilot (blocking)
+    rp_uid = run.register(backend, uid, function=False)
+    run.submit([description], [])                # RP calls back on its listener thread
+    run.close()                                  # session closed, processes reaped, files gone
+
+A backend owns its run, or shares one with other backends of the same
+configuration (`shared=True`). RP's callbacks arrive here and are dispatched to
+the backend that submitted the task; a pilot that ends breaks every attached
+backend (`ExecutionBackend._break`).
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import datetime
+import itertools
+import logging
+import os
+import shutil
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ...core.constants import TaskState
+from ...core.exceptions import BackendError, ConfigurationError
+from .config import PilotShape, pilot_description, write_local_config
+from .processes import (
+    availability,
+    helpers_missing,
+    patched_environ,
+    reap_orphans,
+    reap_run,
+    run_environment,
+)
+from .raptor import Raptor
+from .rp_import import rp, ru
+from .translate import BACKEND_TYPE, RP_TO_TASK_STATE, rp_task_error, task_outcome
+
+if TYPE_CHECKING:
+    from .backend import RadicalPilotBackend
+
+logger = logging.getLogger("rhapsody_prefect.backends.radical_pilot")
+
+#: Seconds `close()` waits for `session.close()` before reaping by force.
+CLOSE_TIMEOUT = 60.0
+
+_run_counter = itertools.count(1)
+_live_runs: dict[str, PilotRun] = {}  # run id -> run, until closed
+_shared_runs: dict[str, PilotRun] = {}  # share key -> run
+_shared_lock = threading.Lock()
+
+
+class PilotRun:
+    """One RP session with one pilot and task manager (and raptor, on demand)."""
+
+    def __init__(
+        self,
+        resources: dict[str, Any],
+        raptor_config: dict[str, int] | None,
+        work_dir: Path,
+        keep_sandbox: bool,
+        default_work_dir: bool,
+        shared: bool,
+    ) -> None:
+        self.resources = resources
+        self.raptor_config = raptor_config
+        self.shape = PilotShape.of(resources, raptor_config)
+        self.work_dir = work_dir
+        self.keep_sandbox = keep_sandbox
+        self.default_work_dir = default_work_dir
+        self.shared = shared
+        self.local = self.shape.local
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        self.run_id = f"rhapsody.rp.{stamp}.{os.getpid()}.{next(_run_counter):03d}"
+        self.run_dir = work_dir / self.run_id
+        self.session: Any = None
+        self.pmgr: Any = None
+        self.pilot: Any = None
+        self.tmgr: Any = None
+        self.raptor = Raptor(raptor_config, self.run_id, self.run_dir, self.local, self.mark)
+        self.pilot_error: BackendError | None = None
+        self.closing = False
+        self.closed = False
+        self.lock = threading.Lock()
+        self.rp_counter = itertools.count(1)
+        #: rp uid -> (backend, uid, attempt, is function task)
+        self.tasks: dict[str, tuple[RadicalPilotBackend, str, int, bool]] = {}
+        self.backends: set[RadicalPilotBackend] = set()
+        self.t0 = time.monotonic()
+        #: Seconds since start: session, pilot_submitted, pilot_active, raptor_*; close.
+        self.timings: dict[str, float] = {}
+
+    def mark(self, name: str) -> None:
+        self.timings.setdefault(name, round(time.monotonic() - self.t0, 3))
+
+    def start(self) -> None:
+        """Blocking: session, managers, pilot. Cleans up after itself if it fails."""
+        try:
+            self._start()
+        except BaseException:
+            self.close()
+            raise
+
+    def _start(self) -> None:
+        self.t0 = time.monotonic()
+        if helpers_missing():
+            raise ConfigurationError(availability()[1], config_key="PATH")
+        with contextlib.suppress(Exception):
+            reaped = reap_orphans()
+            if reaped:
+                logger.warning("Killed %d RADICAL-Pilot processes left by dead clients", reaped)
+        for sub in ("tmp", "base", "client", "cancelled"):
+            (self.run_dir / sub).mkdir(parents=True, exist_ok=True)
+        if self.local:
+            write_local_config(self.resources, self.shape, self.run_dir)
+        _live_runs[self.run_id] = self
+        cfg = {"base": str(self.run_dir), "path": str(self.run_dir / "client"),
+               "client_sandbox": str(self.run_dir / "client")}
+        with patched_environ(run_environment(self.run_id, self.run_dir, self.local)):
+            self.session = rp.Session(uid=self.run_id, cfg=cfg)
+            self.mark("session")
+            self.pmgr = rp.PilotManager(session=self.session)
+            self.tmgr = rp.TaskManager(session=self.session)
+            self.tmgr.register_callback(self.task_callback)
+            # (Pilot.register_callback calls back with `[pilot]`, the manager's with
+            # `(pilot, state)` as documented: use the manager's.)
+            self.pmgr.register_callback(self.pilot_callback)
+            self.pilot = self.pmgr.submit_pilots(
+                pilot_description(self.resources, self.shape, self.run_id, self.run_dir)
+            )
+            self.tmgr.add_pilots(self.pilot)
+        self.mark("pilot_submitted")
+
+    def wait_active(self, timeout: float | None) -> None:
+        state = self.pilot.wait([rp.PMGR_ACTIVE, *rp.FINAL], timeout)
+        if state != rp.PMGR_ACTIVE:
+            raise self.pilot_error or self.pilot_lost(state)
+
+    # ----------------------------------------------------------------- tasks
+    def register(self, backend: RadicalPilotBackend, uid: str, function: bool) -> str:
+        rp_uid = f"rh.{next(self.rp_counter):06d}"
+        with self.lock:
+            self.tasks[rp_uid] = (backend, uid, backend.attempt_of(uid), function)
+            self.backends.add(backend)
+        return rp_uid
+
+    def forget(self, backend: RadicalPilotBackend) -> None:
+        with self.lock:
+            self.backends.discard(backend)
+            for rp_uid in [k for k, v in self.tasks.items() if v[0] is backend]:
+                del self.tasks[rp_uid]
+
+    def submit(self, executables: list[Any], functions: list[Any]) -> None:
+        """Blocking: hand descriptions to RP in bulk."""
+        if executables:
+            self.tmgr.submit_tasks(executables)
+        if functions:
+            self.raptor.master(self.pilot).submit_tasks(functions)
+
+    def cancel(self, rp_uids: list[str]) -> None:
+        """Ask RP to cancel executables; stop function tasks ourselves (see above)."""
+        executables, dropped = [], []
+        with self.lock:
+            for rp_uid in rp_uids:
+                entry = self.tasks.get(rp_uid)
+                if entry is None:
+                    continue
+                if entry[3]:
+                    del self.tasks[rp_uid]
+                    dropped.append((rp_uid, entry))
+                else:
+                    executables.append(rp_uid)
+        try:
+            self.raptor.stop_functions([rp_uid for rp_uid, _ in dropped])
+        except Exception:
+            logger.exception("radical_pilot: could not stop function tasks")
+        for _, (backend, uid, _, _) in dropped:
+            backend._report(uid, TaskState.CANCELED)
+        if executables and self.tmgr is not None:
+            self.tmgr.cancel_tasks(executables)
+
+    # ------------------------------------------------------------- callbacks
+    def task_callback(self, rp_task: Any, state: str) -> None:
+        """RP's listener thread: translate and hand over; never blocks, never raises."""
+        try:
+            rp_uid = rp_task.uid
+            if rp_uid in self.raptor.uids:
+                error = self.raptor.on_state(rp_task, state, self.closing)
+                if error is not None:
+                    self.fail_tasks(error, functions_only=True)
+                return
+            mapped = RP_TO_TASK_STATE.get(state)
+            if mapped is None or not (mapped is TaskState.EXECUTING or mapped.is_terminal):
+                return
+            with self.lock:
+                entry = self.tasks.get(rp_uid)
+                if entry is None:
+                    return
+                if mapped.is_terminal:
+                    del self.tasks[rp_uid]
+            backend, uid, attempt, function = entry
+            if backend.attempt_of(uid) != attempt:
+                return  # a late report of an earlier attempt
+            if mapped is TaskState.EXECUTING:
+                backend._report(uid, TaskState.EXECUTING)
+            else:
+                backend._report_result(uid, task_outcome(
+                    rp_task, mapped, function, self.local, lambda: self.lost_task_error(rp_task)
+                ))
+        except Exception:
+            logger.exception("radical_pilot: failed to handle %s -> %s", rp_task.uid, state)
+
+
+    def lost_task_error(self, rp_task: Any) -> BackendError:
+        if self.pilot_error is not None:
+            return self.pilot_error
+        pilot_state = self.pilot.state if self.pilot is not None else None
+        if pilot_state in rp.FINAL:
+            return self.pilot_lost(pilot_state)
+        if self.raptor.error is not None and rp_task.mode == rp.TASK_FUNCTION:
+            return self.raptor.error
+        return rp_task_error(rp_task)
+
+    @property
+    def pilot_sandbox(self) -> str | None:
+        return None if self.pilot is None else ru.Url(self.pilot.pilot_sandbox).path
+
+    def pilot_lost(self, state: str | None) -> BackendError:
+        runtime = self.resources.get("runtime")
+        reason = ""
+        with contextlib.suppress(Exception):
+            reason = (self.pilot.stderr or "").strip()[-500:]
+        hint = (
+            f"it ran out of its runtime of {runtime} min (resources={{'runtime': ...}})"
+            if state == rp.DONE
+            else f"see the pilot's logs in {self.pilot_sandbox or 'its sandbox'}"
+        )
+        return BackendError(
+            f"RADICAL-Pilot pilot {getattr(self.pilot, 'uid', '?')} on "
+            f"{self.resources['resource']} ended in state {state}: {hint}; its unfinished "
+            f"tasks failed" + (f"\n{reason}" if reason else ""),
+            BACKEND_TYPE,
+            details={"pilot_state": state},
+        )
+
+    def fail_tasks(self, error: BackendError, functions_only: bool = False) -> None:
+        with self.lock:
+            lost = [(k, v) for k, v in self.tasks.items() if v[3] or not functions_only]
+            for rp_uid, _ in lost:
+                del self.tasks[rp_uid]
+        for _, (backend, uid, _, _) in lost:
+            backend._report(uid, TaskState.FAILED, exception=error)
+
+    def pilot_callback(self, pilot: Any, state: str | None = None) -> None:
+        try:
+            if isinstance(pilot, list):  # RP's bulk callback mode
+                for one in pilot:
+                    self.pilot_callback(one, one.state)
+                return
+            state = state or pilot.state
+            if state == rp.PMGR_ACTIVE:
+                self.mark("pilot_active")
+            if state not in rp.FINAL or self.closing or self.pilot_error is not None:
+                return
+            self.pilot_error = self.pilot_lost(state)
+            with self.lock:
+                backends = list(self.backends)
+            for backend in backends:
+                backend._break(self.pilot_error)
+        except Exception:
+            logger.exception("radical_pilot: failed to handle pilot state %s", state)
+
+    # ----------------------------------------------------------------- close
+    def close(self) -> None:
+        """Blocking: close the session, reap every process, remove or keep the files."""
+        if self.closed:
+            return
+        self.closing = True
+        self.closed = True
+        t0 = time.monotonic()
+        if self.session is not None:
+            closer = threading.Thread(target=self._close_session, daemon=True, name="rp-close")
+            closer.start()
+            closer.join(CLOSE_TIMEOUT)
+            if closer.is_alive():
+                logger.warning("radical_pilot: session.close() still busy after %ss; "
+                               "killing its processes", CLOSE_TIMEOUT)
+        with contextlib.suppress(Exception):
+            reaped = reap_run(self.run_id)
+            if reaped:
+                logger.debug("radical_pilot: reaped %d leftover processes", reaped)
+        _live_runs.pop(self.run_id, None)
+        self.timings["close"] = round(time.monotonic() - t0, 3)
+        if not self.keep_sandbox:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+            if self.default_work_dir:  # leave no empty ./.rhapsody behind
+                for directory in (self.work_dir, self.work_dir.parent):
+                    with contextlib.suppress(OSError):
+                        directory.rmdir()
+        else:
+            logger.info("radical_pilot: kept session and sandboxes in %s", self.run_dir)
+
+    def _close_session(self) -> None:
+        try:
+            self.session.close(download=False, terminate=True)
+        except Exception:
+            logger.exception("radical_pilot: session.close() failed")
+
+
+def close_shared_pilots() -> None:
+    """Close every pilot shared by `shared=True` backends (also done at exit)."""
+    with _shared_lock:
+        runs = list(_shared_runs.values())
+        _shared_runs.clear()
+    for run in runs:
+        run.close()
+
+
+@atexit.register
+def _close_at_exit() -> None:
+    """Shared pilots end with the program; runs never terminated are reaped."""
+    with contextlib.suppress(Exception):
+        close_shared_pilots()
+    for run in list(_live_runs.values()):
+        with contextlib.suppress(Exception):
+            reap_run(run.run_id)
+
+
+
+__all__ = ["CLOSE_TIMEOUT", "PilotRun", "close_shared_pilots"]

@@ -1,0 +1,71 @@
+"""What a Dask worker runs for a RHAPSODY task: the function or the command, as an Envelope.
+
+    future = client.submit(run_on_worker, cloudpickle.dumps(payload_of(task)), topic, key,
+                           key=key, pure=False)
+    envelope = future.result()         # Envelope("value", ...) / ("command", ...) / ...
+
+A command polls, while it runs, whether Dask cancelled its key or the worker is
+closing, and then kills its process group (`commands.run_command(stop=...)`).
+The worker announces the start on the client's event topic.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping
+from typing import Any
+
+import cloudpickle
+import distributed
+from distributed.core import Status
+
+from ..core.tasks import is_function_task
+from .commands import CommandStopped, run_command
+from .envelope import Envelope
+
+#: Command keys shipped to the worker for an executable task.
+COMMAND_KEYS = ("executable", "arguments", "shell", "ranks", "pre_exec", "environment", "cwd")
+
+
+def payload_of(task: Mapping[str, Any]) -> tuple[str, Any]:
+    """What travels to the worker: the call, or the command keys."""
+    if is_function_task(task):
+        return "function", (task["function"], task["args"], task["kwargs"])
+    return "command", {key: task.get(key) for key in COMMAND_KEYS}
+
+
+def run_on_worker(payload: bytes, topic: str | None, key: str) -> Envelope:
+    """Runs in a Dask worker thread; never raises (the outcome travels as data)."""
+    worker = _current_worker()
+    if worker is not None and topic:
+        with contextlib.suppress(Exception):
+            worker.log_event(topic, key)
+    try:
+        kind, body = cloudpickle.loads(payload)
+        if kind == "function":
+            return Envelope.call(*body)
+        return Envelope.command(run_command(body, stop=lambda: _stop_requested(worker, key)))
+    except CommandStopped:
+        return Envelope.stopped()
+    except BaseException as error:  # never let a BaseException escape a worker
+        return Envelope.failure(error)
+
+
+def _current_worker() -> distributed.Worker | None:
+    try:
+        return distributed.get_worker()
+    except ValueError:
+        return None
+
+
+def _stop_requested(worker: distributed.Worker | None, key: str) -> bool:
+    """True once the task was cancelled, or the worker is shutting down."""
+    if worker is None:
+        return False
+    if worker.status in (Status.closing, Status.closed, Status.failed):
+        return True
+    task = worker.state.tasks.get(key)
+    return task is None or task.state in ("cancelled", "released", "forgotten")
+
+
+__all__ = ["COMMAND_KEYS", "payload_of", "run_on_worker"]

@@ -1,0 +1,14 @@
+"""The RHAPSODY API and the shared engine; knows nothing of Prefect.
+
+    from rhapsody_prefect.core.engine import ExecutionBackend
+    from rhapsody_prefect.core.constants import TaskState
+    from rhapsody_prefect.core.tasks import validate_task
+
+Modules: `constants` (TaskState, BackendType, Defaults), `exceptions`, `tasks`
+(task dicts, their validation, the resource model), `launchers` (MPI launchers),
+`capacity` (what a task may use on a backend), `contract` (BaseExecutionBackend),
+`outcome` (an attempt's end, TaskError), `scheduling` (core pool, launch batcher),
+`engine` (ExecutionBackend: the contract implemented once).
+
+Imports: the standard library only; nothing else of `rhapsody_prefect`, no Prefect.
+"""

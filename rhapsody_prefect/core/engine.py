@@ -1,0 +1,394 @@
+"""The shared engine: the RHAPSODY contract implemented once for every built-in backend.
+
+`ExecutionBackend` does validation, uids, state bookkeeping and callbacks in order
+(NEW -> WAITING -> READY -> EXECUTING -> COMPLETED | FAILED | CANCELED, with
+RETRYING between attempts), slot accounting, per-task timeouts, retries,
+cancellation, `wait`, and the end of a broken backend. A backend subclass
+implements only how to start, launch, cancel and shut down:
+
+    class EchoBackend(ExecutionBackend):
+        backend_type = "echo"
+
+        async def _launch(self, tasks):
+            for task in tasks:
+                self._report(task["uid"], TaskState.EXECUTING)
+                self._report(task["uid"], TaskState.COMPLETED, return_value=task["args"])
+
+    async with EchoBackend() as backend:
+        await backend.submit_tasks([{"function": print, "args": ("hi",)}])
+        await backend.wait()
+
+`_report` and `_break` are thread-safe: call them from any thread (a Dask or
+RADICAL-Pilot callback thread); they only schedule work on the backend's loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import functools
+import logging
+from abc import abstractmethod
+from collections.abc import Iterable
+from typing import Any
+
+from .capacity import Capacity
+from .constants import TaskState
+from .contract import BaseExecutionBackend
+from .exceptions import BackendError, ConfigurationError, WaitTimeoutError
+from .outcome import RESULT_FIELDS, Outcome, task_error
+from .scheduling import Batcher, SlotPool, call_on_loop
+from .tasks import TaskDict, task_slots, validate_task
+
+logger = logging.getLogger("rhapsody_prefect.backends")
+
+#: Seconds a backend gets to confirm a cancel before the task is marked CANCELED anyway.
+CANCEL_GRACE_SECONDS = 10.0
+
+
+@dataclasses.dataclass(eq=False)
+class _Record:
+    task: TaskDict
+    driver: asyncio.Task[None] | None = None
+    outcome: asyncio.Future[Outcome] | None = None
+    attempt: int = 0
+    executing: bool = False
+    failure_raised: bool = False
+
+
+class ExecutionBackend(BaseExecutionBackend):
+    """Shared implementation of the contract; built-in backends subclass this.
+
+    Subclass hooks: `_start`, `_launch`, `_cancel`, `_shutdown`, `_check_task`,
+    `_capacity`, and `slots` (total cores, or None when the backend schedules by itself).
+    Report progress with `_report(uid, state, **results)` from any thread.
+    """
+
+    #: Total cores the backend offers; tasks wait for free slots. None: no limit here.
+    slots: int | None = None
+    #: Seconds launches are collected before `_launch` (bulk submission pays off for
+    #: backends with a costly submit call, such as RADICAL-Pilot); 0: one loop iteration.
+    launch_batch_delay: float = 0.0
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._records: dict[str, _Record] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._start_task: asyncio.Future[None] | None = None
+        self._started = False
+        self._terminated = False
+        self._broken: BackendError | None = None
+        self._slot_pool: SlotPool | None = None
+        self._launcher = Batcher(self._flush_launch, self.launch_batch_delay)
+        self._canceller = Batcher(self._flush_cancel)
+
+    # ----------------------------------------------------------- subclass hooks
+    async def _start(self) -> None:
+        """Acquire resources (cluster, pilot, pool). Runs once, on the backend loop."""
+
+    @abstractmethod
+    async def _launch(self, tasks: list[TaskDict]) -> None:
+        """Start these validated tasks; report progress with `_report`."""
+
+    async def _cancel(self, uids: list[str]) -> None:
+        """Ask the backend to stop these launched tasks; report CANCELED when it did."""
+
+    async def _shutdown(self) -> None:
+        """Release everything `_start` acquired."""
+
+    def _check_task(self, task: TaskDict) -> None:
+        """Backend-specific validation; raise ConfigurationError naming the key."""
+
+    def _capacity(self, task: TaskDict) -> Capacity:
+        """The most this task may use here (default: `slots` cores)."""
+        return Capacity(cores=self.slots, where=f"the {self.backend_type} backend")
+
+    # ----------------------------------------------------------------- contract
+    async def start(self) -> ExecutionBackend:
+        loop = self._bind_loop()
+        if self._terminated:
+            raise BackendError(f"The {self.backend_type} backend was terminated", self.backend_type)
+        if self._start_task is None:
+            self._start_task = loop.create_task(self._start_once())
+        await asyncio.shield(self._start_task)
+        return self
+
+    async def _start_once(self) -> None:
+        try:
+            await self._start()
+        except (ConfigurationError, BackendError):
+            raise
+        except Exception as error:
+            raise BackendError(
+                f"The {self.backend_type} backend could not start: {error!r}",
+                self.backend_type,
+            ) from error
+        if self.slots is not None:
+            self._slot_pool = SlotPool(self.slots)
+        self._started = True
+
+    async def submit_tasks(self, tasks: Iterable[TaskDict]) -> None:
+        """Validate every task, then start it; nothing starts if any task is invalid.
+
+        Raises:
+            ConfigurationError: a task is invalid, its uid is taken, or it needs more
+                cores than the backend has.
+        """
+        tasks = list(tasks)
+        seen: set[str] = set()
+        for task in tasks:
+            validate_task(task)
+            uid = task["uid"]
+            if uid in self._records or uid in seen:
+                raise ConfigurationError(
+                    f"Task uid '{uid}' is already used; uids must be unique per backend",
+                    config_key="uid",
+                )
+            seen.add(uid)
+        await self.start()
+        for task in tasks:
+            self._check_task(task)
+            self._capacity(task).check(task)
+        loop = self._bind_loop()
+        for task in tasks:
+            record = _Record(task)
+            self._records[task["uid"]] = record
+            self._task_dicts[task["uid"]] = task
+            self._notify(task, TaskState.NEW)
+            record.driver = loop.create_task(self._drive(record))
+            record.driver.add_done_callback(functools.partial(self._driver_done, record))
+
+    async def wait(self, timeout: float | None = None) -> None:
+        """Wait for every submitted task; raise TaskError for a task that failed.
+
+        Raises:
+            WaitTimeoutError: `timeout` seconds passed; lists the unfinished uids.
+            TaskError: a task failed (first failed one; `details['failed']` lists all).
+        """
+        drivers = [r.driver for r in self._records.values() if r.driver and not r.driver.done()]
+        if drivers:
+            _, pending = await asyncio.wait(drivers, timeout=timeout)
+            if pending:
+                unfinished = [r.task["uid"] for r in self._records.values() if r.driver in pending]
+                raise WaitTimeoutError(
+                    f"{len(unfinished)} task(s) unfinished after {timeout}s: "
+                    f"{unfinished[:20]}{' ...' if len(unfinished) > 20 else ''}",
+                    unfinished,
+                )
+        failed = [
+            r
+            for r in self._records.values()
+            if r.task.get("state") == TaskState.FAILED and not r.failure_raised
+        ]
+        for record in failed:
+            record.failure_raised = True
+        if failed:
+            raise task_error(failed[0].task, also_failed=[r.task["uid"] for r in failed])
+
+    async def cancel_task(self, uid: str) -> bool:
+        """Cancel a queued or running task; True if it ended CANCELED."""
+        record = self._records.get(uid)
+        if record is None:
+            raise ConfigurationError(f"Unknown task uid '{uid}'", config_key="uid")
+        if record.driver is None or record.driver.done():
+            return False
+        record.driver.cancel()
+        await asyncio.wait([record.driver])
+        return record.task.get("state") == TaskState.CANCELED
+
+    async def terminate(self) -> None:
+        """Cancel every unfinished task, then release the backend's resources."""
+        if self._terminated:
+            return
+        self._terminated = True
+        drivers = [r.driver for r in self._records.values() if r.driver and not r.driver.done()]
+        for driver in drivers:
+            driver.cancel()
+        if drivers:
+            await asyncio.wait(drivers)
+        if self._start_task is not None:
+            with contextlib.suppress(BaseException):
+                await self._start_task
+        if self._started:
+            await self._shutdown()
+
+    # ------------------------------------------------------------ for subclasses
+    def _report(self, uid: str, state: TaskState | str, **results: Any) -> None:
+        """Report EXECUTING or a terminal state of a launched task (any thread)."""
+        unknown = set(results) - set(RESULT_FIELDS)
+        if unknown:
+            raise TypeError(f"_report got unknown result fields {sorted(unknown)}")
+        call_on_loop(self._loop, self._apply_report, uid, TaskState(state), results)
+
+    def _report_result(self, uid: str, result: tuple[TaskState, dict[str, Any]]) -> None:
+        """`_report(uid, state, **fields)` for a (state, fields) pair (any thread)."""
+        state, fields = result
+        self._report(uid, state, **fields)
+
+    def _break(self, error: BackendError) -> None:
+        """The backend can no longer run tasks (scheduler or pilot lost); any thread.
+
+        Fails every launched, unfinished task with `error`; tasks not launched yet,
+        and tasks submitted later, fail with it when their turn comes.
+        """
+        if not call_on_loop(self._loop, self._apply_break, error):
+            self._broken = self._broken or error
+
+    def _apply_break(self, error: BackendError) -> None:
+        if self._broken is None:
+            self._broken = error
+            logger.error("%s", error)
+        for uid, record in self._records.items():
+            if record.outcome is not None and not record.outcome.done():
+                self._apply_report(uid, TaskState.FAILED, {"exception": self._broken})
+
+    @property
+    def broken(self) -> BackendError | None:
+        """Why the backend can no longer run tasks, or None."""
+        return self._broken
+
+    def attempt_of(self, uid: str) -> int:
+        """1 for the first attempt of a task, 2 for its first retry, ..."""
+        return self._records[uid].attempt
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        return self._loop
+
+    # ------------------------------------------------------------------ internals
+    def _bind_loop(self) -> asyncio.AbstractEventLoop:
+        loop = asyncio.get_running_loop()
+        if self._loop is None:
+            self._loop = loop
+        elif self._loop is not loop:
+            raise BackendError(
+                f"This {self.backend_type} backend is bound to another event loop; "
+                "use it from the loop it was first used on",
+                self.backend_type,
+            )
+        return loop
+
+    def _apply_report(self, uid: str, state: TaskState, results: dict[str, Any]) -> None:
+        record = self._records.get(uid)
+        if record is None or record.outcome is None or record.outcome.done():
+            return
+        if state is TaskState.EXECUTING:
+            if not record.executing:
+                record.executing = True
+                self._notify(record.task, TaskState.EXECUTING)
+        elif state.is_terminal:
+            record.outcome.set_result(Outcome(state, **results))
+        else:
+            logger.debug("Ignoring reported state %s of task %s", state, uid)
+
+    async def _drive(self, record: _Record) -> None:
+        task = record.task
+        try:
+            outcome = await self._run_attempts(record)
+        except asyncio.CancelledError:
+            # A second cancel (cancel_task, then terminate) must not skip _finish.
+            cancelling = asyncio.ensure_future(self._cancel_attempt(record))
+            while True:
+                try:
+                    outcome = await asyncio.shield(cancelling)
+                    break
+                except asyncio.CancelledError:
+                    continue
+        except Exception as error:
+            logger.exception("Internal error while running task %s", task["uid"])
+            outcome = Outcome(TaskState.FAILED, exception=BackendError(
+                f"Internal error in the {self.backend_type} backend: {error!r}", self.backend_type
+            ))
+        self._finish(record, outcome)
+
+    def _driver_done(self, record: _Record, driver: asyncio.Task[None]) -> None:
+        # A driver cancelled before its first step never ran _drive: finish it here.
+        if driver.cancelled() and not TaskState(record.task["state"]).is_terminal:
+            self._finish(record, Outcome(TaskState.CANCELED))
+
+    async def _run_attempts(self, record: _Record) -> Outcome:
+        task = record.task
+        while True:
+            record.attempt += 1
+            self._notify(task, TaskState.WAITING)
+            pool = self._slot_pool
+            async with pool.hold(task_slots(task)) if pool else contextlib.nullcontext():
+                self._notify(task, TaskState.READY)
+                outcome = await self._attempt(record)
+            if outcome.state is not TaskState.FAILED or record.attempt > task["retries"]:
+                return outcome
+            task.update(outcome.results())
+            self._notify(task, TaskState.RETRYING)
+            await asyncio.sleep(task["retry_delay"])
+
+    async def _attempt(self, record: _Record) -> Outcome:
+        loop = asyncio.get_running_loop()
+        record.outcome = outcome = loop.create_future()
+        record.executing = False
+        self._launcher.add(record.task["uid"])
+        timeout = record.task["timeout"]
+        try:
+            result = await asyncio.wait_for(asyncio.shield(outcome), timeout)
+        except TimeoutError:
+            result = await self._cancel_attempt(record)
+            if result.state is TaskState.CANCELED:
+                result = Outcome(
+                    TaskState.FAILED,
+                    exception=TimeoutError(
+                        f"Task '{record.task['uid']}' exceeded its timeout of {timeout}s"
+                    ),
+                )
+        # Not cleared on CancelledError: _cancel_attempt still needs the pending outcome.
+        record.outcome = None
+        return result
+
+    async def _cancel_attempt(self, record: _Record) -> Outcome:
+        """Stop the running attempt, if any; give the backend a grace period."""
+        outcome = record.outcome
+        if outcome is None:
+            return Outcome(TaskState.CANCELED)
+        if outcome.done():
+            return outcome.result()
+        self._canceller.add(record.task["uid"])
+        try:
+            return await asyncio.wait_for(asyncio.shield(outcome), CANCEL_GRACE_SECONDS)
+        except TimeoutError:
+            logger.warning(
+                "The %s backend did not confirm cancelling task %s within %ss; "
+                "marking it CANCELED",
+                self.backend_type, record.task["uid"], CANCEL_GRACE_SECONDS,
+            )
+            outcome.cancel()
+            return Outcome(TaskState.CANCELED)
+
+    async def _flush_launch(self, uids: list[str]) -> None:
+        tasks = [self._records[uid].task for uid in uids]
+        try:
+            if self._broken is not None:
+                raise self._broken
+            await self._launch(tasks)
+        except Exception as error:
+            backend_error = error if isinstance(error, BackendError) else BackendError(
+                f"The {self.backend_type} backend failed to launch tasks: {error!r}",
+                self.backend_type,
+            )
+            for uid in uids:
+                self._report(uid, TaskState.FAILED, exception=backend_error)
+
+    async def _flush_cancel(self, uids: list[str]) -> None:
+        try:
+            await self._cancel(uids)
+        except Exception:
+            logger.exception("The %s backend failed to cancel %s", self.backend_type, uids)
+
+    def _finish(self, record: _Record, outcome: Outcome) -> None:
+        task = record.task
+        task.update(outcome.results())
+        if outcome.state is not TaskState.CANCELED and not record.executing:
+            record.executing = True
+            self._notify(task, TaskState.EXECUTING)
+        self._notify(task, outcome.state)
+
+
+__all__ = ["CANCEL_GRACE_SECONDS", "ExecutionBackend"]
