@@ -197,9 +197,11 @@ def ui_hint(flow_run_id: object, argv: list[str], api_url: str | None, ui_url: s
     if api_url:
         return f"This flow run in the Prefect UI: {ui_url}/runs/flow-run/{flow_run_id}"
 
-    def command(name: str) -> str:  # e.g. .venv/bin/prefect under `make example`
+    def command(name: str) -> str:  # the one beside this Python: .venv/bin/prefect, ...
         path = pathlib.Path(sys.executable).parent / name
-        return os.path.relpath(path) if path.is_relative_to(pathlib.Path.cwd()) else name
+        if path.is_relative_to(pathlib.Path.cwd()):
+            return os.path.relpath(path)
+        return str(path) if path.exists() else name
 
     url = "http://127.0.0.1:4200"
     return "\n".join([
