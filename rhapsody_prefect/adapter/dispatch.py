@@ -64,7 +64,12 @@ class BodyDispatcher:
 
         @functools.wraps(original)
         async def send_to_backend(*args: Any, **kwargs: Any) -> Any:
-            return await self.run_body(original, args, kwargs)
+            try:
+                return await self.run_body(original, args, kwargs)
+            except Exception as error:
+                # The user's traceback travels as the error's note ("Remote traceback");
+                # the frames of our plumbing between here and the raise say nothing.
+                raise error.with_traceback(None) from error.__cause__
 
         proxy = copy.copy(task)
         proxy.fn = send_to_backend
@@ -127,7 +132,7 @@ class BodyDispatcher:
             self.watches.pop(uid, None)
             if executing_line is not None:
                 executing_line.cancel()
-        replay(run_logger, captured_logs(spec))
+        replay(run_logger, captured_logs(spec), uid)
         self.lines.log(run_logger, uid, "finished", state, watch.timeline())
         return await prefect_result(spec)
 

@@ -65,6 +65,9 @@ class ExecutableFailed(TaskError):
     ) -> ExecutableFailed:
         stderr = tail(result.stderr)
         message = f"Command {list(argv)!r} exited with code {result.exit_code}"
+        if result.exit_code == 127:
+            message = (f"Command {list(argv)!r} was not found (exit code 127, as a shell "
+                       "reports it)")
         if stderr.strip():
             message += f"\n--- stderr (tail) ---\n{stderr.rstrip()}"
         return cls(

@@ -26,6 +26,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import contextvars
+import copy
 import inspect
 import logging
 import threading
@@ -41,7 +42,7 @@ from prefect.task_engine import run_task_async
 from prefect.task_runners import TaskRunner
 from prefect.tasks import Task
 
-from ..backends.discovery import get_backend
+from ..backends.discovery import BackendRegistry, get_backend
 from ..core.exceptions import ConfigurationError
 from .dispatch import BodyDispatcher, wait_for_futures
 from .loop_thread import LoopThread
@@ -93,7 +94,36 @@ class RhapsodyRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
                 f"{executing_log_after!r}", "executing_log_after",
             )
         self.executing_log_after = executing_log_after
+        self._check_backend()
         self._reset_runtime()
+
+    def _check_backend(self) -> None:
+        """Fail where the flow is defined: an unknown backend name or a bad option.
+
+        The backend is constructed (which checks its options) and dropped; nothing
+        starts. A backend whose optional dependencies are missing here is not
+        checked (the flow may be deployed from a machine that will not run it).
+        """
+        try:
+            backend_class = BackendRegistry.get_backend_class(self.backend_name)
+        except ValueError:
+            raise ConfigurationError(
+                f"Unknown backend {self.backend_name!r}; registered backends: "
+                f"{BackendRegistry.list_backends()}",
+                config_key="backend",
+            ) from None
+        except ImportError as error:
+            logger.debug("Not checking the options of %r here: %s", self.backend_name, error)
+            return
+        try:
+            backend_class(*self.backend_args, **self.backend_kwargs)
+        except ConfigurationError:
+            raise
+        except TypeError as error:
+            raise ConfigurationError(
+                f"Bad options for the {self.backend_name!r} backend: {error}",
+                config_key="backend_kwargs",
+            ) from error
 
     def _reset_runtime(self) -> None:
         self._stack: contextlib.ExitStack | None = None
@@ -111,13 +141,7 @@ class RhapsodyRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         return f"rhapsody-{self.backend_name}"
 
     def duplicate(self) -> RhapsodyRunner:
-        twin = type(self)(
-            self.backend_name,
-            *self.backend_args,
-            transition_log_level=self.transition_log_level,
-            executing_log_after=self.executing_log_after,
-            **self.backend_kwargs,
-        )
+        twin = copy.copy(self)  # __getstate__/__setstate__: options only, checked already
         self._children.add(twin)
         return twin
 

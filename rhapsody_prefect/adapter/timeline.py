@@ -5,12 +5,13 @@
     watch.timeline()                     # 'queued 12:00:01.250, executing +0.004s, ...'
     lines = TransitionLines("dask", logging.INFO)
     lines.log(run_logger, uid, "finished", TaskState.COMPLETED, watch.timeline())
-    replay(run_logger, captured)         # the body's lines, with their original times
+    replay(run_logger, captured, uid)    # the body's lines, with their original times
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any
 
@@ -42,8 +43,7 @@ class Watch:
         if not self.times:
             return ""
         start = self.times[0][1]
-        clock = time.strftime("%H:%M:%S", time.localtime(start)) + f".{int(start % 1 * 1000):03d}"
-        parts = [f"queued {clock}"]
+        parts = [f"queued {_clock(start)}"]
         for state, moment in self.times[1:]:
             if state in NOTABLE:
                 parts.append(f"{state.value.lower()} +{moment - start:.3f}s")
@@ -82,10 +82,25 @@ class TransitionLines:
         })
 
 
-def replay(run_logger: Any, lines: list[LogLine]) -> None:
-    """Emit the body's captured log lines as the task run's own, with their times."""
+def replay(run_logger: Any, lines: list[LogLine], uid: str = "") -> None:
+    """Emit the body's captured log lines as the task run's own, with their times.
+
+    They arrive when the body ends, after lines logged meanwhile; one line first
+    says so, so a console that prints in arrival order reads as a block.
+    """
+    if not lines:
+        return
+    first, last = lines[0].created, lines[-1].created
+    emit(run_logger, logging.INFO,
+         f"Body of {uid or 'this task'}: {len(lines)} line(s) it logged between "
+         f"{_clock(first)} and {_clock(last)}, replayed with their original times:")
     for line in lines:
-        emit(run_logger, line.levelno, line.message, line.created)
+        emit(run_logger, line.levelno, line.message, line.created,
+             extra={"rhapsody_replayed": True})
+
+
+def _clock(moment: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(moment)) + f".{int(moment % 1 * 1000):03d}"
 
 
 def emit(

@@ -90,22 +90,40 @@ def run_command(
     Raises:
         subprocess.TimeoutExpired: after `timeout` seconds (the process group is killed).
         CommandStopped: `stop()` returned True (the process group is killed).
-        FileNotFoundError: the executable does not exist.
     """
     process = _popen(task)
+    if isinstance(process, CommandResult):
+        return process
     return _finish(process, timeout, stop, poll_interval)
 
 
-def _popen(task: Mapping[str, Any]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        command_argv(task),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=command_env(task),
-        cwd=task.get("cwd"),
-        start_new_session=True,
-    )
+#: Exit codes a shell reports for a command it cannot find or cannot execute.
+NOT_FOUND_EXIT_CODE = 127
+NOT_EXECUTABLE_EXIT_CODE = 126
+
+
+def _popen(task: Mapping[str, Any]) -> subprocess.Popen[bytes] | CommandResult:
+    """The started command; or, when it cannot start, the result a shell would give."""
+    argv = command_argv(task)
+    try:
+        return subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=command_env(task),
+            cwd=task.get("cwd"),
+            start_new_session=True,
+        )
+    except FileNotFoundError as error:
+        cwd = task.get("cwd")
+        if cwd and error.filename == cwd:
+            reason = f"working directory {cwd!r} not found"
+        else:
+            reason = f"{argv[0]}: command not found"
+        return CommandResult(NOT_FOUND_EXIT_CODE, "", f"{reason}\n")
+    except PermissionError:
+        return CommandResult(NOT_EXECUTABLE_EXIT_CODE, "", f"{argv[0]}: permission denied\n")
 
 
 def _finish(
@@ -170,6 +188,8 @@ class _Launch:
             if self._cancelled:
                 return None
             process = _popen(task)
+            if isinstance(process, CommandResult):
+                return process
             self._pid = process.pid
         return _finish(process)
 

@@ -38,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import uuid
 from collections.abc import Mapping
 from types import MappingProxyType
@@ -66,6 +67,8 @@ DASK_STATES: Mapping[str, TaskState] = MappingProxyType({
     "cancelled": TaskState.CANCELED,
 })
 
+#: Dask's config variable for its loggers' level (read by worker processes at start).
+LOG_ENV = "DASK_LOGGING__DISTRIBUTED"
 #: Reason given to Dask when this backend cancels a future.
 CANCEL_REASON = "rhapsody-cancel"
 
@@ -94,6 +97,9 @@ class DaskBackend(ExecutionBackend):
         self.adapt_kwargs = checked.adapt_kwargs
         self.client_kwargs = checked.client_kwargs
         self.resource_names = checked.resource_names
+        self.log_level = checked.log_level
+        self._saved_log_level: int | None = None
+        self._saved_env: str | None = None
         self._worker_resources = WorkerResources(checked.resource_names)
         self._client: Client | None = None
         self._own_cluster: Any = None
@@ -118,7 +124,20 @@ class DaskBackend(ExecutionBackend):
             if self.adapt_kwargs:
                 self.cluster.adapt(**self.adapt_kwargs)
             return Client(self.cluster, **self.client_kwargs)
-        cluster = load_cluster_class(self.cluster_class)(**self.cluster_kwargs)
+        cluster_class = load_cluster_class(self.cluster_class)
+        # Dask's scheduler and nannies log in this process, through Prefect's handlers:
+        # a cluster we start stays quiet unless the user asks (log_level=logging.INFO).
+        dask_logger = logging.getLogger("distributed")
+        self._saved_log_level = dask_logger.level
+        dask_logger.setLevel(self.log_level)
+        # Worker processes configure their loggers from Dask's config at import.
+        self._saved_env = os.environ.get(LOG_ENV)
+        if self._saved_env is None:
+            os.environ[LOG_ENV] = logging.getLevelName(self.log_level).lower()
+        kwargs = dict(self.cluster_kwargs)
+        if cluster_class is distributed.LocalCluster:
+            kwargs.setdefault("silence_logs", self.log_level)
+        cluster = cluster_class(**kwargs)
         self._own_cluster = cluster
         try:
             if self.adapt_kwargs:
@@ -190,6 +209,11 @@ class DaskBackend(ExecutionBackend):
                 cluster.close()
             except Exception:
                 logger.warning("Closing the Dask cluster failed", exc_info=True)
+        if self._saved_log_level is not None:
+            logging.getLogger("distributed").setLevel(self._saved_log_level)
+            self._saved_log_level = None
+            if self._saved_env is None:
+                os.environ.pop(LOG_ENV, None)
 
     def _check_task(self, task: TaskDict) -> None:
         self._worker_resources.check(task, self._client)

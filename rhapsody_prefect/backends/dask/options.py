@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import logging
 import math
 import os
 from collections.abc import Mapping
@@ -28,7 +29,7 @@ DEFAULT_RESOURCE_NAMES: Mapping[str, tuple[str, ...]] = {
 }
 OPTIONS = (
     "resources", "address", "cluster", "cluster_class", "cluster_kwargs", "adapt_kwargs",
-    "client_kwargs", "resource_names",
+    "client_kwargs", "resource_names", "log_level",
 )
 
 
@@ -41,6 +42,8 @@ class DaskOptions:
     adapt_kwargs: dict[str, Any]
     client_kwargs: dict[str, Any]
     resource_names: dict[str, str]
+    #: Level of Dask's own loggers while the backend runs a cluster it started.
+    log_level: int = logging.WARNING
 
     @classmethod
     def check(
@@ -54,6 +57,7 @@ class DaskOptions:
         adapt_kwargs: Mapping[str, Any] | None = None,
         client_kwargs: Mapping[str, Any] | None = None,
         resource_names: Mapping[str, str] | None = None,
+        log_level: int | str = logging.WARNING,
         **unknown: Any,
     ) -> DaskOptions:
         """The options, checked; ConfigurationError names the first bad one."""
@@ -109,7 +113,14 @@ class DaskOptions:
                     f"names your workers declare, got {key!r}: {value!r}",
                     config_key="resource_names",
                 )
+        level = logging.getLevelName(log_level.upper()) if isinstance(log_level, str) else log_level
+        if isinstance(level, bool) or not isinstance(level, int):
+            raise ConfigurationError(
+                f"log_level must be a logging level (logging.INFO or 'INFO'), got {log_level!r}",
+                config_key="log_level",
+            )
         return cls(
+            log_level=level,
             address=address,
             cluster=cluster,
             cluster_class=cluster_class,
