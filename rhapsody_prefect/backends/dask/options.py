@@ -123,7 +123,9 @@ class DaskOptions:
             log_level=level,
             address=address,
             cluster=cluster,
-            cluster_class=cluster_class,
+            # Imported here, where the backend is created (the flow's main thread): some
+            # cluster classes (dask_jobqueue's) install signal handlers on import.
+            cluster_class=None if cluster_class is None else load_cluster_class(cluster_class),
             cluster_kwargs={**cluster_size(resources), **(cluster_kwargs or {})},
             adapt_kwargs=dict(adapt_kwargs or {}),
             client_kwargs=client,

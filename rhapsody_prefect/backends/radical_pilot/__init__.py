@@ -1,10 +1,13 @@
 """The `radical_pilot` backend: RHAPSODY tasks on a RADICAL-Pilot pilot.
 
     import rhapsody_prefect as rhapsody
-    backend = rhapsody.get_backend("radical_pilot", resources={"resource": "local.localhost"})
+    backend = rhapsody.get_backend("radical_pilot")          # local.localhost, this machine
+    backend = rhapsody.get_backend("radical_pilot", resources={
+        "resource": "mysite.slurm", "nodes": 2, "queue": "debug", "runtime": 30})
 
 Modules: `backend` (`RadicalPilotBackend`, the RHAPSODY contract), `config` (pilot
-and raptor options, the split of the pilot's cores), `session` (the RP session,
+and raptor options, the split of the pilot's cores), `resource_configs` (which
+resources RP knows, and whether one is this machine), `session` (the RP session,
 pilot and task manager of one run, shared pilots), `raptor` (function tasks'
 master and workers), `translate` (RP states, task descriptions, results),
 `processes` (marking and reaping RP's processes), `rp_import`. What runs in a
@@ -12,19 +15,19 @@ raptor worker is `rhapsody_prefect.body.raptor_call`.
 """
 
 from .backend import RadicalPilotBackend, availability
-from .config import PilotShape, pilot_resources, raptor_sizing
+from .config import PilotConfig, PilotShape, pilot_config
 from .processes import reap_orphans, reap_run
 from .session import close_shared_pilots
 from .translate import RP_TO_TASK_STATE
 
 __all__ = [
     "RP_TO_TASK_STATE",
+    "PilotConfig",
     "PilotShape",
     "RadicalPilotBackend",
     "availability",
     "close_shared_pilots",
-    "pilot_resources",
-    "raptor_sizing",
+    "pilot_config",
     "reap_orphans",
     "reap_run",
 ]

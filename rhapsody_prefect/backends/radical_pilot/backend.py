@@ -53,7 +53,7 @@ from ...core.constants import TaskState
 from ...core.engine import ExecutionBackend
 from ...core.exceptions import ConfigurationError
 from ...core.tasks import TaskDict, is_function_task
-from .config import PilotShape, is_local, pilot_resources, raptor_sizing
+from .config import pilot_config
 from .processes import availability
 from .rp_import import rp
 from .session import PilotRun, _shared_lock, _shared_runs
@@ -77,7 +77,10 @@ class RadicalPilotBackend(ExecutionBackend):
         keep_sandbox: keep that subdirectory (logs, task sandboxes) after the run.
         raptor: True (default sizing), False (no function tasks) or a dict with
             `workers`, `cores_per_worker`, `gpus_per_worker`. On `local.localhost` the
-            raptor master and workers get cores on top of the machine's.
+            raptor master and workers get cores on top of the machine's; on any other
+            resource they are carved out of the pilot (see `config.PilotShape`).
+        resource_config: a RADICAL-Pilot resource config entry for `resources['resource']`
+            (as in `resource_<site>.json`), so a flow file can be self-contained.
         shared: share one session and pilot with every other `shared=True` backend of
             the same configuration in this process: the first one starts it,
             `terminate()` only detaches, and the pilot is closed by
@@ -97,15 +100,21 @@ class RadicalPilotBackend(ExecutionBackend):
         keep_sandbox: bool = False,
         raptor: bool | Mapping[str, Any] | None = True,
         shared: bool = False,
-        **kwargs: Any,
+        resource_config: Mapping[str, Any] | None = None,
+        **unknown: Any,
     ) -> None:
-        super().__init__(**kwargs)
-        self.resources = pilot_resources(resources)
-        self.local = is_local(self.resources["resource"])
-        self.raptor_config = raptor_sizing(
-            raptor, int(self.resources.get("cores") or 1) if self.local else 1
-        )
-        self.shape = PilotShape.of(self.resources, self.raptor_config)
+        if unknown:
+            raise ConfigurationError(
+                f"Unknown option(s) {sorted(unknown)} for the radical_pilot backend; allowed: "
+                "resources, work_dir, keep_sandbox, raptor, shared, resource_config",
+                config_key=sorted(unknown)[0],
+            )
+        super().__init__()
+        self.config = pilot_config(resources, raptor, resource_config)
+        self.resources = self.config.resources
+        self.raptor_config = self.config.raptor
+        self.shape = self.config.shape
+        self.local = self.shape.local
         if work_dir is not None and not isinstance(work_dir, (str, os.PathLike)):
             raise ConfigurationError(f"work_dir must be a path, got {work_dir!r}", "work_dir")
         for name, flag in (("keep_sandbox", keep_sandbox), ("shared", shared)):
@@ -119,12 +128,12 @@ class RadicalPilotBackend(ExecutionBackend):
         self._current: dict[str, str] = {}  # uid -> rp uid of its latest attempt
 
     def _new_run(self) -> PilotRun:
-        return PilotRun(self.resources, self.raptor_config, self.work_dir, self.keep_sandbox,
-                    self._default_work_dir, self.shared)
+        return PilotRun(self.config, self.work_dir, self.keep_sandbox,
+                        self._default_work_dir, self.shared)
 
     def _share_key(self) -> str:
-        return json.dumps([self.resources, self.raptor_config, str(self.work_dir),
-                           self.keep_sandbox], sort_keys=True, default=str)
+        return json.dumps([self.resources, self.raptor_config, self.config.resource_config,
+                           str(self.work_dir), self.keep_sandbox], sort_keys=True, default=str)
 
     @property
     def run_id(self) -> str | None:
@@ -210,8 +219,9 @@ class RadicalPilotBackend(ExecutionBackend):
             )
         shape = self.shape
         return Capacity(
-            cores=shape.task_cores, gpus=shape.gpus if shape.local else None,
-            local_mpi=shape.local, where="the pilot", hint="resources={'cores': ...}",
+            cores=shape.task_cores, gpus=shape.task_gpus if shape.local else None,
+            local_mpi=shape.local, where=f"the pilot ({shape.describe()})",
+            hint="resources={'cores': ...}",
         )
 
     # ---------------------------------------------------------- descriptions

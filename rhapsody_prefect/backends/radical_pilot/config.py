@@ -1,29 +1,34 @@
 """The radical_pilot backend's configuration: the pilot, raptor, and how cores are split.
 
-    resources = pilot_resources({"resource": "local.localhost", "cores": 4})
-    raptor = raptor_sizing(True, default_cores=4)
-    shape = PilotShape.of(resources, raptor)
-    shape.task_cores, shape.raptor_cores, shape.pilot_cores      # 4, 5, 9
+    config = pilot_config({"resource": "mysite.slurm", "nodes": 2, "queue": "debug"},
+                          raptor={"cores_per_worker": 2})
+    config.shape.describe()    # nodes of 4 cores: '8 cores: 5 for executables, 3 for raptor'
+    pilot_config({"resource": "mysite.slurm", "cores": 2})   # ConfigurationError: raptor
+                                                             # needs 2, executables >= 1
 
-`resources` are RADICAL-Pilot pilot description keys, checked against RP's own
-schema; the resource label must be one RP knows (built-in, or a user config in
-`~/.radical/pilot/configs`). `PilotShape` is the one place the pilot's cores are
-computed.
+`resources` are RADICAL-Pilot pilot description keys (`resource`, `cores` or `nodes`,
+`gpus`, `runtime` [min], `queue`, `project`, ...), checked against RP's own schema;
+the label must be one RP knows, or come with an inline `resource_config`
+(see `resource_configs`). `PilotShape` is the one place the pilot's cores are split:
+
+* RP's built-in `local.localhost` is sized to this machine: executables get
+  `cores` (default: this machine's), raptor's master and workers get cores on top.
+* Any other resource gets what the batch system allocates (`cores`, or `nodes` x
+  the config's `cores_per_node`), and raptor's cores are carved out of it: a pilot
+  too small for both is refused here, with the numbers.
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import dataclasses
-import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from ...core.exceptions import ConfigurationError
-from .rp_import import rp, ru
+from .resource_configs import is_this_machine, resource_config, schema_of
+from .rp_import import rp
 
 LOCAL_RESOURCE = "local.localhost"
 #: Pilot description keys the backend sets itself.
@@ -36,22 +41,6 @@ def machine_cores() -> int:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         return os.cpu_count() or 1
-
-
-_resource_configs: dict[str, Any] | None = None
-
-
-def known_resources() -> dict[str, Any]:
-    """RADICAL-Pilot's resource configs (built-in and the user's), read once."""
-    global _resource_configs
-    if _resource_configs is None:
-        configs = ru.Config("radical.pilot.resource", name="*", expand=False)
-        _resource_configs = {
-            f"{site}.{name}": copy.deepcopy(dict(cfg))
-            for site, entries in configs.items()
-            for name, cfg in entries.items()
-        }
-    return _resource_configs
 
 
 def _check_type(key: str, value: Any, expected: Any) -> None:
@@ -76,8 +65,10 @@ def _check_type(key: str, value: Any, expected: Any) -> None:
         raise fail("a dict")
 
 
-def pilot_resources(resources: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Check pilot description keys and values; fill in the local defaults.
+def pilot_resources(
+    resources: Mapping[str, Any] | None, inline: Mapping[str, Any] | None = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Check pilot description keys and values; (resources with defaults, resource config).
 
     Raises:
         ConfigurationError: unknown key, wrong type, unknown resource, bad sizes.
@@ -99,43 +90,29 @@ def pilot_resources(resources: Mapping[str, Any] | None) -> dict[str, Any]:
             )
         _check_type(key, value, schema[key])
     result = dict(resources)
-    resource = result.setdefault("resource", LOCAL_RESOURCE)
-    known = known_resources()
-    if resource not in known:
-        raise ConfigurationError(
-            f"RADICAL-Pilot does not know resource {resource!r}; known: "
-            f"{sorted(known)[:12]} ... ({len(known)} in all; `radical-pilot-resources` "
-            "lists them, a user config in ~/.radical/pilot/configs adds one)",
-            config_key="resource",
-        )
-    schemas = known[resource].get("schemas") or {}
-    schema_name = result.get("access_schema")
-    if schema_name is not None and schema_name not in schemas:
-        raise ConfigurationError(
-            f"Resource {resource!r} has no access schema {schema_name!r}; "
-            f"known: {sorted(schemas)}",
-            config_key="access_schema",
-        )
-    local = is_local(resource)
+    label = result.setdefault("resource", LOCAL_RESOURCE)
+    config = resource_config(label, inline)
+    schema_of(config, result.get("access_schema"))  # a bad access_schema fails here
+    sized = label == LOCAL_RESOURCE and inline is None
     if result.get("runtime", 1) < 1:
         raise ConfigurationError("resources['runtime'] is in minutes and must be >= 1",
                                  config_key="runtime")
     if not result.get("nodes") and not result.get("cores"):
-        if not local:
+        if not sized:
             raise ConfigurationError(
-                f"Say how big the pilot on {resource!r} is: resources['nodes'] or "
+                f"Say how big the pilot on {label!r} is: resources['nodes'] or "
                 "resources['cores']",
                 config_key="cores",
             )
         result["cores"] = machine_cores()
-    result.setdefault("runtime", 1440 if local else 60)
+    result.setdefault("runtime", 1440 if is_this_machine(config) else 60)
     description = rp.PilotDescription(dict(result))
     try:
         description.verify()
     except ValueError as error:
         key = "nodes" if "nodes" in str(error) else "cores"
         raise ConfigurationError(f"Invalid pilot description: {error}", config_key=key) from error
-    return result
+    return result, config
 
 
 def raptor_sizing(
@@ -175,74 +152,130 @@ def raptor_sizing(
     return result
 
 
-def is_local(resource: str) -> bool:
-    return resource.startswith("local.")
+@dataclasses.dataclass(frozen=True)
+class PilotShape:
+    """How the pilot's cores and GPUs are split between executables and raptor."""
+
+    #: Cores (and GPUs) the pilot asks the resource for.
+    pilot_cores: int
+    pilot_gpus: int
+    #: Cores and GPUs raptor's master (1 core) and workers hold; 0 without raptor.
+    raptor_cores: int
+    raptor_gpus: int
+    #: True for RP's built-in local.localhost, sized here: raptor's cores come on top.
+    sized: bool
+    #: The resource runs on this machine (FORK): files and processes are shared.
+    local: bool
+
+    @property
+    def task_cores(self) -> int:
+        """Cores executable tasks may use."""
+        return self.pilot_cores - self.raptor_cores
+
+    @property
+    def task_gpus(self) -> int:
+        return self.pilot_gpus - self.raptor_gpus
+
+    @classmethod
+    def of(
+        cls, resources: Mapping[str, Any], config: Mapping[str, Any],
+        raptor: Mapping[str, int] | None, sized: bool,
+    ) -> PilotShape:
+        nodes = int(resources.get("nodes") or 0)
+        gpus = resources.get("gpus")
+        if gpus is None:
+            gpus = nodes * int(config.get("gpus_per_node") or 0) if nodes and not sized else 0
+        raptor_cores = 0 if raptor is None else 1 + raptor["workers"] * raptor["cores_per_worker"]
+        raptor_gpus = 0 if raptor is None else raptor["workers"] * raptor["gpus_per_worker"]
+        if sized:  # raptor's share comes on top of the cores asked for
+            gpus += raptor_gpus
+        if resources.get("cores"):
+            cores = int(resources["cores"]) + (raptor_cores if sized else 0)
+        else:
+            cores = nodes * int(config.get("cores_per_node") or 1)
+        shape = cls(cores, int(gpus), raptor_cores, raptor_gpus, sized,
+                    is_this_machine(config, resources.get("access_schema")))
+        shape._check(raptor)
+        return shape
+
+    def _check(self, raptor: Mapping[str, int] | None) -> None:
+        if raptor is None:
+            return
+        if self.task_cores < 1:
+            raise ConfigurationError(
+                f"A pilot of {self.pilot_cores} core(s) cannot run both function tasks and "
+                f"executables: raptor needs {self.raptor_cores} (master 1 + "
+                f"{raptor['workers']} worker(s) x {raptor['cores_per_worker']}) and "
+                "executables at least 1. Ask for more (resources={'cores': ...} or "
+                "{'nodes': ...}), size raptor down (raptor={'cores_per_worker': ...}), or "
+                "run executables only (raptor=False)",
+                config_key="raptor",
+            )
+        if self.task_gpus < 0:
+            raise ConfigurationError(
+                f"raptor's workers need {self.raptor_gpus} GPU(s) but the pilot has "
+                f"{self.pilot_gpus} (resources={{'gpus': ...}})",
+                config_key="raptor.gpus_per_worker",
+            )
+
+    def describe(self) -> str:
+        """'4 cores: 2 for executables, 2 for raptor (master + workers)'."""
+        return (f"{self.pilot_cores} cores: {self.task_cores} for executables, "
+                f"{self.raptor_cores} for raptor (master + workers)")
 
 
 @dataclasses.dataclass(frozen=True)
-class PilotShape:
-    """How the pilot's cores are used: executables, and raptor's master and workers."""
+class PilotConfig:
+    """Everything the backend was configured with, checked."""
 
-    #: Cores executable tasks may use.
-    task_cores: int
-    #: Cores raptor's master (1) and workers take; 0 without raptor.
-    raptor_cores: int
-    #: Cores the pilot asks the resource for.
-    pilot_cores: int
-    gpus: int
-    local: bool
-
-    @classmethod
-    def of(cls, resources: Mapping[str, Any], raptor: Mapping[str, int] | None) -> PilotShape:
-        local = is_local(resources["resource"])
-        if resources.get("cores"):
-            task_cores = int(resources["cores"])
-        else:
-            config = known_resources()[resources["resource"]]
-            task_cores = int(resources.get("nodes", 1)) * int(config.get("cores_per_node") or 1)
-        raptor_cores = 0 if raptor is None else 1 + raptor["workers"] * raptor["cores_per_worker"]
-        # On this machine raptor gets cores on top of the tasks' (RP's resource is fake).
-        pilot_cores = task_cores + raptor_cores if local else task_cores
-        return cls(task_cores, raptor_cores, pilot_cores, int(resources.get("gpus") or 0), local)
+    resources: dict[str, Any]
+    #: The resource's RP config entry; `inline` when the user passed resource_config.
+    resource_config: dict[str, Any]
+    inline: bool
+    raptor: dict[str, int] | None
+    shape: PilotShape
 
 
-def write_local_config(resources: Mapping[str, Any], shape: PilotShape, run_dir: Path) -> None:
-    """A user resource config sizing local.localhost to this machine (+ raptor)."""
-    user_home = os.environ.get("RADICAL_CONFIG_USER_DIR") or os.environ.get("HOME", "")
-    user_dir = Path(user_home) / ".radical" / "pilot" / "configs"
-    ours = run_dir / "config" / ".radical" / "pilot" / "configs"
-    ours.mkdir(parents=True, exist_ok=True)
-    local_cfg: dict[str, Any] = {}
-    if user_dir.is_dir():  # keep the user's own resource configs visible
-        for path in user_dir.glob("resource_*.json"):
-            if path.name == "resource_local.json":
-                with contextlib.suppress(Exception):
-                    local_cfg = dict(ru.read_json(str(path)))
-            else:
-                with contextlib.suppress(OSError):
-                    (ours / path.name).symlink_to(path)
-    site, name = resources["resource"].split(".", 1)
-    entry = dict(local_cfg.get(name) or {})
+def pilot_config(
+    resources: Mapping[str, Any] | None,
+    raptor: bool | Mapping[str, Any] | None = True,
+    inline: Mapping[str, Any] | None = None,
+) -> PilotConfig:
+    """Check the pilot, the resource and raptor; split the cores (see the module docs)."""
+    checked, config = pilot_resources(resources, inline)
+    sized = checked["resource"] == LOCAL_RESOURCE and inline is None
+    # On a machine-sized pilot a function task may use as many cores as an executable.
+    raptor_config = raptor_sizing(raptor, int(checked.get("cores") or 1) if sized else 1)
+    shape = PilotShape.of(checked, config, raptor_config, sized)
+    return PilotConfig(checked, config, inline is not None, raptor_config, shape)
+
+
+def run_resource_entry(config: PilotConfig, run_dir: Path) -> dict[str, Any] | None:
+    """The resource entry the run writes into its own config directory, if any.
+
+    An inline config as given; local.localhost sized to this machine (+ raptor); a
+    resource from RP's or the user's files: none, it is used as it is.
+    """
+    if config.inline:
+        return config.resource_config
+    if not config.shape.sized:
+        return None
+    entry = dict(config.resource_config)
     entry.update({
-        "cores_per_node": shape.pilot_cores,
-        "gpus_per_node": shape.gpus,
+        "cores_per_node": config.shape.pilot_cores,
+        "gpus_per_node": config.shape.pilot_gpus,
         "fake_resources": True,
         "default_remote_workdir": str(run_dir / "sandbox"),
     })
-    local_cfg[name] = entry
-    with open(ours / f"resource_{site}.json", "w") as stream:
-        json.dump(local_cfg, stream, indent=1)
+    return entry
 
 
-def pilot_description(
-    resources: Mapping[str, Any], shape: PilotShape, run_id: str, run_dir: Path
-) -> Any:
+def pilot_description(config: PilotConfig, run_id: str, run_dir: Path) -> Any:
     """The RP PilotDescription of a run."""
-    values = dict(resources)
+    values = dict(config.resources)
     values["exit_on_error"] = False
-    if shape.local or values.get("cores"):
-        values["cores"] = shape.pilot_cores
-    if shape.local:
+    if config.shape.sized:
+        values["cores"] = config.shape.pilot_cores
         values.setdefault("sandbox", str(run_dir / "sandbox"))
     values.setdefault("job_name", run_id)
     return rp.PilotDescription(values)
@@ -250,12 +283,12 @@ def pilot_description(
 
 __all__ = [
     "LOCAL_RESOURCE",
+    "PilotConfig",
     "PilotShape",
-    "is_local",
-    "known_resources",
     "machine_cores",
+    "pilot_config",
     "pilot_description",
     "pilot_resources",
     "raptor_sizing",
-    "write_local_config",
+    "run_resource_entry",
 ]

@@ -151,9 +151,10 @@ def run_environment(run_id: str, run_dir: Path, local: bool) -> dict[str, str]:
     }
     if sys.prefix != sys.base_prefix:
         values["VIRTUAL_ENV"] = sys.prefix
+    # The run's own config directory: the user's configs, linked, and the run's entry.
+    values["RADICAL_CONFIG_USER_DIR"] = str(run_dir / "config")
     if local:
         values["TMPDIR"] = str(run_dir / "tmp")
-        values["RADICAL_CONFIG_USER_DIR"] = str(run_dir / "config")
     return values
 
 

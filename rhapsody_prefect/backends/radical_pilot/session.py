@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from ...core.constants import TaskState
 from ...core.exceptions import BackendError, ConfigurationError
-from .config import PilotShape, pilot_description, write_local_config
+from .config import PilotConfig, pilot_description, run_resource_entry
 from .processes import (
     availability,
     helpers_missing,
@@ -39,6 +39,7 @@ from .processes import (
     run_environment,
 )
 from .raptor import Raptor
+from .resource_configs import write_run_configs
 from .rp_import import rp, ru
 from .translate import BACKEND_TYPE, RP_TO_TASK_STATE, rp_task_error, task_outcome
 
@@ -61,16 +62,16 @@ class PilotRun:
 
     def __init__(
         self,
-        resources: dict[str, Any],
-        raptor_config: dict[str, int] | None,
+        config: PilotConfig,
         work_dir: Path,
         keep_sandbox: bool,
         default_work_dir: bool,
         shared: bool,
     ) -> None:
-        self.resources = resources
-        self.raptor_config = raptor_config
-        self.shape = PilotShape.of(resources, raptor_config)
+        self.config = config
+        self.resources = config.resources
+        self.raptor_config = config.raptor
+        self.shape = config.shape
         self.work_dir = work_dir
         self.keep_sandbox = keep_sandbox
         self.default_work_dir = default_work_dir
@@ -83,7 +84,7 @@ class PilotRun:
         self.pmgr: Any = None
         self.pilot: Any = None
         self.tmgr: Any = None
-        self.raptor = Raptor(raptor_config, self.run_id, self.run_dir, self.local, self.mark)
+        self.raptor = Raptor(config.raptor, self.run_id, self.run_dir, self.local, self.mark)
         self.pilot_error: BackendError | None = None
         self.closing = False
         self.closed = False
@@ -117,8 +118,8 @@ class PilotRun:
                 logger.warning("Killed %d RADICAL-Pilot processes left by dead clients", reaped)
         for sub in ("tmp", "base", "client", "cancelled"):
             (self.run_dir / sub).mkdir(parents=True, exist_ok=True)
-        if self.local:
-            write_local_config(self.resources, self.shape, self.run_dir)
+        write_run_configs(self.run_dir, self.resources["resource"],
+                          run_resource_entry(self.config, self.run_dir))
         _live_runs[self.run_id] = self
         cfg = {"base": str(self.run_dir), "path": str(self.run_dir / "client"),
                "client_sandbox": str(self.run_dir / "client")}
@@ -132,7 +133,7 @@ class PilotRun:
             # `(pilot, state)` as documented: use the manager's.)
             self.pmgr.register_callback(self.pilot_callback)
             self.pilot = self.pmgr.submit_pilots(
-                pilot_description(self.resources, self.shape, self.run_id, self.run_dir)
+                pilot_description(self.config, self.run_id, self.run_dir)
             )
             self.tmgr.add_pilots(self.pilot)
         self.mark("pilot_submitted")
