@@ -26,6 +26,11 @@
 #   --ctld-port P      RHAPSODY_SLURM_CTLD_PORT  16817    (SlurmctldPort)
 #   --node-port P      RHAPSODY_SLURM_NODE_PORT  17001    (node i listens on P+i-1)
 #   --timeout S        RHAPSODY_SLURM_TIMEOUT    60       (seconds to wait for idle nodes)
+#   --enforce-part-limits ALL|ANY|NO
+#                      RHAPSODY_SLURM_ENFORCE_PART_LIMITS  ALL
+#       ALL: sbatch refuses at once a job larger than its partition ("Requested node
+#       configuration is not available"), as many sites do; NO (Slurm's default):
+#       such a job is accepted and stays PENDING forever with reason PartitionConfig.
 #
 # Partitions: `debug` (default, no time limit) and `short` (30 minutes).
 set -euo pipefail
@@ -46,6 +51,7 @@ MEMORY="${RHAPSODY_SLURM_MEMORY:-2000}"
 CTLD_PORT="${RHAPSODY_SLURM_CTLD_PORT:-16817}"
 NODE_PORT="${RHAPSODY_SLURM_NODE_PORT:-17001}"
 TIMEOUT="${RHAPSODY_SLURM_TIMEOUT:-60}"
+ENFORCE="${RHAPSODY_SLURM_ENFORCE_PART_LIMITS:-ALL}"
 
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -56,6 +62,7 @@ while [ $# -gt 0 ]; do
     --ctld-port) CTLD_PORT="$2"; shift 2 ;;
     --node-port) NODE_PORT="$2"; shift 2 ;;
     --timeout) TIMEOUT="$2"; shift 2 ;;
+    --enforce-part-limits) ENFORCE="$2"; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) die "unknown option '$1' (see --help)" ;;
   esac
@@ -64,6 +71,7 @@ done
 for v in NODES CPUS MEMORY CTLD_PORT NODE_PORT TIMEOUT; do
   [[ "${!v}" =~ ^[0-9]+$ ]] && [ "${!v}" -gt 0 ] || die "$v must be a positive integer, got '${!v}'"
 done
+case "$ENFORCE" in ALL|ANY|NO) ;; *) die "--enforce-part-limits must be ALL, ANY or NO, got '$ENFORCE'" ;; esac
 case "$DIR" in /*) ;; *) DIR="$(pwd)/$DIR" ;; esac
 DIR="${DIR%/}"
 
@@ -133,6 +141,7 @@ write_conf() {
     echo "JobAcctGatherType=jobacct_gather/none"
     echo "JobCompType=jobcomp/none"
     echo "ReturnToService=2"
+    echo "EnforcePartLimits=${ENFORCE}"
     echo "SlurmctldTimeout=30"
     echo "SlurmdTimeout=30"
     echo "InactiveLimit=0"
