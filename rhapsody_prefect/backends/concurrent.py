@@ -39,7 +39,7 @@ from ..body.envelope import Envelope
 from ..body.process_worker import HEADER
 from ..core.constants import BackendType, Defaults, TaskState
 from ..core.engine import ExecutionBackend
-from ..core.exceptions import BackendError, ConfigurationError
+from ..core.exceptions import BackendError, ConfigurationError, refuse_unknown_options
 from ..core.tasks import TaskDict, is_function_task
 
 ExecutorKind = Literal["thread", "process"]
@@ -115,12 +115,7 @@ class ConcurrentBackend(ExecutionBackend):
                 f"executor must be one of {list(EXECUTORS)}, got {executor!r}",
                 config_key="executor",
             )
-        if kwargs:
-            raise ConfigurationError(
-                f"Unknown option(s) {sorted(kwargs)} for the concurrent backend; "
-                "allowed: max_workers, executor",
-                config_key=sorted(kwargs)[0],
-            )
+        refuse_unknown_options("the concurrent backend", kwargs, ["max_workers", "executor"])
         super().__init__()
         self.max_workers = max_workers
         self.executor = executor

@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 
@@ -75,6 +76,19 @@ class ConfigurationError(RhapsodyError):
         super().__init__(message, details)
 
 
+def refuse_unknown_options(owner: str, unknown: Mapping[str, Any], allowed: Iterable[str]) -> None:
+    """ConfigurationError naming the first unknown option of `owner` and what is allowed.
+
+        refuse_unknown_options("the concurrent backend", {"max_worker": 2}, ["max_workers"])
+    """
+    if unknown:
+        names = sorted(unknown)
+        raise ConfigurationError(
+            f"Unknown option(s) {names} for {owner}; allowed: {', '.join(allowed)}",
+            config_key=names[0],
+        )
+
+
 class WaitTimeoutError(RhapsodyError, TimeoutError):
     """`wait(timeout=...)` expired; `unfinished` lists the uids still running."""
 
@@ -89,4 +103,5 @@ __all__ = [
     "RhapsodyError",
     "TaskError",
     "WaitTimeoutError",
+    "refuse_unknown_options",
 ]

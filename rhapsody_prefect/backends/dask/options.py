@@ -18,7 +18,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from ...core.exceptions import ConfigurationError
+from ...core.exceptions import ConfigurationError, refuse_unknown_options
 
 #: `resources=` keys: the size of a LocalCluster the backend starts.
 CLUSTER_SIZE_KEYS = ("threads", "workers", "threads_per_worker", "memory_limit")
@@ -61,12 +61,7 @@ class DaskOptions:
         **unknown: Any,
     ) -> DaskOptions:
         """The options, checked; ConfigurationError names the first bad one."""
-        if unknown:
-            raise ConfigurationError(
-                f"Unknown option(s) {sorted(unknown)} for the dask backend; allowed: "
-                f"{', '.join(OPTIONS)}",
-                config_key=sorted(unknown)[0],
-            )
+        refuse_unknown_options("the dask backend", unknown, OPTIONS)
         for key, value in (
             ("resources", resources),
             ("cluster_kwargs", cluster_kwargs),

@@ -51,7 +51,7 @@ from typing import Any
 from ...core.capacity import Capacity
 from ...core.constants import TaskState
 from ...core.engine import ExecutionBackend
-from ...core.exceptions import ConfigurationError
+from ...core.exceptions import ConfigurationError, refuse_unknown_options
 from ...core.tasks import TaskDict, is_function_task
 from .config import pilot_config
 from .processes import availability
@@ -103,12 +103,8 @@ class RadicalPilotBackend(ExecutionBackend):
         resource_config: Mapping[str, Any] | None = None,
         **unknown: Any,
     ) -> None:
-        if unknown:
-            raise ConfigurationError(
-                f"Unknown option(s) {sorted(unknown)} for the radical_pilot backend; allowed: "
-                "resources, work_dir, keep_sandbox, raptor, shared, resource_config",
-                config_key=sorted(unknown)[0],
-            )
+        refuse_unknown_options("the radical_pilot backend", unknown, [
+            "resources", "work_dir", "keep_sandbox", "raptor", "shared", "resource_config"])
         super().__init__()
         self.config = pilot_config(resources, raptor, resource_config)
         self.resources = self.config.resources
