@@ -12,8 +12,8 @@
     @flow(task_runner=RhapsodyRunner("dask"))
     def ensemble(): ...
 
-The Prefect parts (`RhapsodyRunner`, `executable_task`, `task_resources`) are
-imported on first use, so the core API does not pay for importing Prefect.
+The Prefect parts (`RhapsodyRunner`, `executable_task`, `task_resources`,
+`ensemble_map`) are imported on first use, so the core API does not pay for importing Prefect.
 
 The folders are the layers: `core/` (the RHAPSODY API and the shared engine,
 Prefect-free), `backends/` (one engine each, and the registry), `body/` (what runs
@@ -54,6 +54,8 @@ _LAZY = {
     "ExecutableResult": "rhapsody_prefect.adapter.executable",
     "ExecutableFailed": "rhapsody_prefect.adapter.executable",
     "task_resources": "rhapsody_prefect.adapter.executable",
+    "ensemble_map": "rhapsody_prefect.adapter.ensemble",
+    "EnsembleFailed": "rhapsody_prefect.adapter.ensemble",
 }
 
 
@@ -72,6 +74,7 @@ __all__ = [
     "CallbackFunction",
     "ConfigurationError",
     "Defaults",
+    "EnsembleFailed",
     "ExecutableFailed",
     "ExecutableResult",
     "ExecutionBackend",
@@ -83,6 +86,7 @@ __all__ = [
     "TaskState",
     "WaitTimeoutError",
     "discover_backends",
+    "ensemble_map",
     "executable_task",
     "get_backend",
     "list_backends",

@@ -4,10 +4,19 @@
     proxy = dispatcher.proxy(task)        # a copy of the Prefect task whose fn sends the body
     state = await run_task_async(task=proxy, ...)      # Prefect's engine, unchanged
     await dispatcher.cancel_all()         # cancel every body still on the backend
+    await dispatcher.close()              # the flow's progress artifacts, finished
 
 The engine calls the proxy inside the task run's context; the proxy builds the
 backend task (a command, or `body.capture.run_body` around the function), submits
 it, waits for its notable states and returns `states.prefect_result(...)`.
+
+Two hooks for work that is not one body per task run (`adapter/ensemble.py`): a
+task whose fn is marked `runs_in_flow` is not proxied (its body runs in the flow
+process, on the runner's loop), and a `Group` registered in `groups` under a
+name gets the state changes of the backend tasks of that `name` and is cancelled
+by `cancel_all`. The dispatcher also tallies the plain task runs' bodies as a
+whole: a progress artifact when that work lasts longer than a progress interval,
+and a summary table when the flow run ends (`artifacts=False`: none).
 """
 
 from __future__ import annotations
@@ -19,7 +28,7 @@ import functools
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from prefect.context import TaskRunContext
 from prefect.futures import PrefectFuture
@@ -33,33 +42,70 @@ from ..core.constants import TaskState
 from ..core.contract import BaseExecutionBackend
 from ..core.exceptions import ConfigurationError
 from ..core.tasks import TaskDict
+from . import progress
 from .executable import command_builder_of, command_spec, resources_of
+from .progress import Reporter, Tally
 from .states import captured_logs, prefect_result
 from .timeline import TransitionLines, Watch, replay
 
 logger = logging.getLogger("rhapsody_prefect.runner")
+
+#: Marks a task fn that runs in the flow process, on the runner's loop (not proxied).
+FLOW_SIDE_ATTRIBUTE = "__rhapsody_flow_side__"
+
+
+def runs_in_flow(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Mark an async task fn to run in the flow process, on the runner's loop."""
+    setattr(fn, FLOW_SIDE_ATTRIBUTE, True)
+    return fn
+
+
+class Group(Protocol):
+    """Backend tasks sent together under one `name` (an ensemble's members)."""
+
+    def on_state(self, task: TaskDict, state: TaskState) -> None: ...
+
+    async def cancel(self) -> None: ...
 
 
 class BodyDispatcher:
     """Sends the bodies of one flow run's task runs to one backend."""
 
     def __init__(
-        self, backend: BaseExecutionBackend, lines: TransitionLines, executing_log_after: float
+        self,
+        backend: BaseExecutionBackend,
+        lines: TransitionLines,
+        executing_log_after: float,
+        artifacts: bool = True,
     ) -> None:
         self.backend = backend
         self.lines = lines
         self.executing_log_after = executing_log_after
+        self.artifacts = artifacts
         self.watches: dict[str, Watch] = {}
+        self.groups: dict[str, Group] = {}
         self.cancelling = False
+        self.work = Tally()  # every plain task run's body, as a whole
+        self._reporter: Reporter | None = None
         backend.register_callback(self._on_state)
 
     def _on_state(self, task: TaskDict, state: str) -> None:
         watch = self.watches.get(task["uid"])
         if watch is not None:
             watch.push(TaskState(state))
+            self.work.on_state(task, TaskState(state))
+            return
+        group = self.groups.get(task.get("name"))  # type: ignore[arg-type]
+        if group is not None:
+            group.on_state(task, TaskState(state))
 
     def proxy(self, task: Task[Any, Any]) -> Task[Any, Any]:
-        """A copy of `task` whose fn sends the body to the backend (engine unchanged)."""
+        """A copy of `task` whose fn sends the body to the backend (engine unchanged).
+
+        A fn marked `runs_in_flow` is returned as it is: the engine runs it here.
+        """
+        if getattr(task.fn, FLOW_SIDE_ATTRIBUTE, False):
+            return task
         original = task.fn
 
         @functools.wraps(original)
@@ -108,6 +154,8 @@ class BodyDispatcher:
             return Cancelled(message="The task runner was cancelled before this task ran")
         run_logger = get_run_logger()
         spec = self.backend_task(fn, args, kwargs)
+        if self._reporter is None and self.artifacts:
+            self._start_reporter()
         uid = spec["uid"]
         watch = self.watches[uid] = Watch()
         executing_line: asyncio.TimerHandle | None = None
@@ -136,9 +184,26 @@ class BodyDispatcher:
         self.lines.log(run_logger, uid, "finished", state, watch.timeline())
         return await prefect_result(spec)
 
+    def _start_reporter(self) -> None:
+        run_context = TaskRunContext.get()
+        assert run_context is not None and run_context.task_run is not None
+        self._reporter = Reporter(
+            self.work, self.backend, "Backend tasks of this flow run's task runs",
+            run_context.task_run.flow_run_id, interval=progress.PROGRESS_INTERVAL,
+            noun="backend tasks",
+        )
+        self._reporter.watch()  # an artifact only once the work outlasts an interval
+
     async def cancel_all(self) -> None:
         self.cancelling = True
-        await cancel_many(self.backend, list(self.watches))
+        groups = list(self.groups.values())
+        await asyncio.gather(cancel_many(self.backend, list(self.watches)),
+                             *(group.cancel() for group in groups))
+
+    async def close(self) -> None:
+        """The flow run ends: the flow-level progress artifact's last value and summary."""
+        if self._reporter is not None:
+            await self._reporter.finish()
 
 
 async def cancel_many(backend: BaseExecutionBackend, uids: list[str]) -> None:
@@ -177,4 +242,5 @@ async def wait_for_futures(parameters: dict[str, Any], wait_for: list[PrefectFut
             await asyncio.to_thread(future.wait)
 
 
-__all__ = ["BodyDispatcher", "cancel_many", "wait_for_futures"]
+__all__ = ["FLOW_SIDE_ATTRIBUTE", "BodyDispatcher", "Group", "cancel_many", "runs_in_flow",
+           "wait_for_futures"]

@@ -63,6 +63,9 @@ class RhapsodyRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
             "executing" line is logged (stamped with the time it started); bodies that
             finish sooner get only the "finished" line, which carries the whole
             timeline. 0: always log it.
+        artifacts: Prefect artifacts for the flow run: a progress bar of its task runs'
+            backend work (once that work outlasts a few seconds) and a summary table at
+            the end, and the same per `ensemble_map`; False: none.
         **backend_kwargs: keyword arguments for the backend's constructor.
     """
 
@@ -76,6 +79,7 @@ class RhapsodyRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         *backend_args: Any,
         transition_log_level: int | None = logging.INFO,
         executing_log_after: float = 1.0,
+        artifacts: bool = True,
         **backend_kwargs: Any,
     ) -> None:
         if not isinstance(backend, str):
@@ -94,6 +98,9 @@ class RhapsodyRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
                 f"{executing_log_after!r}", "executing_log_after",
             )
         self.executing_log_after = executing_log_after
+        if not isinstance(artifacts, bool):
+            raise ConfigurationError(f"artifacts must be a bool, got {artifacts!r}", "artifacts")
+        self.artifacts = artifacts
         self._check_backend()
         self._reset_runtime()
 
@@ -177,6 +184,7 @@ class RhapsodyRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
             if exc_type is not None:
                 self.cancel_all()
             concurrent.futures.wait(list(self._inflight))
+            self._close_dispatcher()
             if self._stack is not None:
                 self._stack.close()  # backend terminated, client closed, loop stopped
         finally:
@@ -235,6 +243,7 @@ class RhapsodyRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
                     backend,
                     TransitionLines(self.backend_name, self.transition_log_level),
                     self.executing_log_after,
+                    self.artifacts,
                 )
                 dispatcher.cancelling = self._cancelling
                 loop_thread = self._loop_thread
@@ -245,6 +254,16 @@ class RhapsodyRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
                 self._dispatcher = dispatcher
                 loop_thread.call(backend.start())
             return self._dispatcher
+
+    def _close_dispatcher(self) -> None:
+        """The flow run's last progress artifact update and summary (never raises)."""
+        loop_thread, dispatcher = self._loop_thread, self._dispatcher
+        if loop_thread is None or dispatcher is None or loop_thread.loop.is_closed():
+            return
+        try:
+            loop_thread.call(dispatcher.close(), timeout=60)
+        except Exception as error:
+            logger.warning("Could not finish the flow run's progress artifacts: %r", error)
 
     async def _run_task(
         self,

@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
@@ -155,6 +156,10 @@ class ConcurrentBackend(ExecutionBackend):
         for pool in (self._threads, self._command_threads):
             if pool is not None:
                 pool.shutdown(wait=False, cancel_futures=True)
+
+    def placement(self) -> list[str]:
+        return [f"host {socket.gethostname()}: {self.max_workers} slots "
+                f"({self.executor}s; commands as subprocesses)"]
 
     async def _execute(self, task: TaskDict) -> None:
         uid = task["uid"]

@@ -79,6 +79,7 @@ _print_capture: contextvars.ContextVar[_PrintBuffer | None] = contextvars.Contex
 )
 _install_lock = threading.Lock()
 _filters_installed = False
+_installed_for: set[tuple[bool, int]] = set()
 
 
 class _CaptureFilter(logging.Filter):
@@ -135,6 +136,8 @@ class _StdoutRouter(io.TextIOBase):
 
 def _install_capture_hooks(log_prints: bool, log_level: int) -> None:
     global _filters_installed
+    if (log_prints, log_level) in _installed_for:  # once per combination and process
+        return
     with _install_lock:
         for name in RUN_LOGGER_NAMES:
             run_logger = logging.getLogger(name)
@@ -146,6 +149,7 @@ def _install_capture_hooks(log_prints: bool, log_level: int) -> None:
         _filters_installed = True
         if log_prints and not isinstance(sys.stdout, _StdoutRouter):
             sys.stdout = _StdoutRouter(sys.stdout)
+        _installed_for.add((log_prints, log_level))
 
 
 @contextlib.contextmanager

@@ -73,17 +73,33 @@ def task_run_context(
     if TaskRunContext.get() is not None:  # already inside a real run context
         yield
         return
-    with contextlib.ExitStack() as stack:
-        if FlowRunContext.get() is None:
-            stack.enter_context(_construct(FlowRunContext, task_runner=InlineTaskRunner()))
-        stack.enter_context(_construct(
-            TaskRunContext,
-            task=_TaskName(task_name),
-            task_run=_construct(TaskRun, **task_run),
-            log_prints=log_prints,
-            parameters={},
-        ))
+    flow_context, task_context = _contexts(task_name, log_prints, *sorted(task_run.items()))
+    # The contexts are built once per task run (an ensemble's members share them) and
+    # only read by the body: set as context variables, not entered (entering a context
+    # model sets a private attribute on the shared instance).
+    flow_token = FlowRunContext.__var__.set(flow_context) if FlowRunContext.get() is None \
+        else None
+    task_token = TaskRunContext.__var__.set(task_context)
+    try:
         yield
+    finally:
+        TaskRunContext.__var__.reset(task_token)
+        if flow_token is not None:
+            FlowRunContext.__var__.reset(flow_token)
+
+
+@functools.lru_cache(maxsize=32)
+def _contexts(task_name: str, log_prints: bool, *task_run: tuple[str, Any]) -> tuple[Any, Any]:
+    """The (FlowRunContext, TaskRunContext) a body of this task run sees."""
+    flow_context = _construct(FlowRunContext, task_runner=InlineTaskRunner())
+    task_context = _construct(
+        TaskRunContext,
+        task=_TaskName(task_name),
+        task_run=_construct(TaskRun, **dict(task_run)),
+        log_prints=log_prints,
+        parameters={},
+    )
+    return flow_context, task_context
 
 
 def _construct(model: Any, **values: Any) -> Any:

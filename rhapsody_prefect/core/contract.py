@@ -61,6 +61,21 @@ class BaseExecutionBackend(ABC):
         """Cancel one task; True if it was cancelled. Unsupported here: False."""
         return False
 
+    def capacity_cores(self) -> int | None:
+        """Cores the backend offers tasks now, for utilisation reports; None: not known.
+
+        Default: the shared engine's `slots`. May ask a scheduler: call it off the loop.
+        """
+        slots = getattr(self, "slots", None)
+        return slots if isinstance(slots, int) else None
+
+    def placement(self) -> list[str]:
+        """Where tasks run (hosts, workers, a pilot), for reports; default: the backend type.
+
+        May ask a scheduler: call it off the loop.
+        """
+        return [str(self.backend_type)]
+
     def register_callback(self, fn: CallbackFunction) -> None:
         """Call `fn(task_dict, state)` on every task state change."""
         if not callable(fn):

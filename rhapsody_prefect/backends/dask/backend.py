@@ -316,6 +316,18 @@ class DaskBackend(ExecutionBackend):
         """The Dask client, once started."""
         return self._client
 
+    def capacity_cores(self) -> int | None:
+        """Threads of the cluster's workers now (asks the scheduler; off the loop)."""
+        client = self._client
+        return sum(client.nthreads().values()) if client is not None else None
+
+    def placement(self) -> list[str]:
+        client = self._client
+        if client is None:
+            return ["dask (not connected)"]
+        return [f"dask worker {address} ({threads} threads)"
+                for address, threads in sorted(client.nthreads().items())]
+
     @property
     def dashboard_link(self) -> str | None:
         return getattr(self._client, "dashboard_link", None) if self._client else None

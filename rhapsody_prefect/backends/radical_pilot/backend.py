@@ -261,6 +261,15 @@ class RadicalPilotBackend(ExecutionBackend):
         if not self.shared:
             await asyncio.to_thread(run.close)
 
+    def capacity_cores(self) -> int | None:
+        """The pilot's cores for tasks (raptor's master and workers not counted)."""
+        return self.shape.task_cores
+
+    def placement(self) -> list[str]:
+        pilot = getattr(self._run, "pilot", None)
+        return [f"pilot {getattr(pilot, 'uid', '?')} on {self.resources['resource']} "
+                f"({self.shape.task_cores} task cores)"]
+
     def __repr__(self) -> str:
         return (f"RadicalPilotBackend(resource={self.resources['resource']!r}, "
                 f"run_dir={str(self.run_dir)!r}, shared={self.shared})")
