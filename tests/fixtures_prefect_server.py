@@ -190,6 +190,40 @@ def _read_flow_run(api_url: str, flow_run_id: str) -> dict[str, Any]:
         return json.loads(response.read())
 
 
+def run_deployment(
+    server: PrefectServer,
+    deployment: str,
+    params: list[str],
+    worker: subprocess.Popen[bytes],
+    worker_log: pathlib.Path,
+) -> tuple[str, str, float]:
+    """Trigger `deployment` and wait for its flow run's final state (RUN_TIMEOUT).
+
+    Returns (flow run id, final state type, seconds from trigger to that state);
+    fails the test if the worker exits meanwhile.
+    """
+    triggered = time.monotonic()
+    out = server.run(str(BIN / "prefect"), "deployment", "run", deployment, *params)
+    match = re.search(r"UUID:\s*([0-9a-f-]{36})", out.stdout)
+    assert match, f"no flow run id in `prefect deployment run` output:\n{out.stdout}"
+    flow_run_id = match.group(1)
+    deadline = time.monotonic() + RUN_TIMEOUT
+    state = "SCHEDULED"
+    while time.monotonic() < deadline:
+        state = (_read_flow_run(server.api_url, flow_run_id).get("state") or {}).get(
+            "type", "UNKNOWN")
+        if state in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+            break
+        if worker.poll() is not None:
+            pytest.fail(f"worker exited {worker.returncode}:\n{log_tail(worker_log)}")
+        time.sleep(1)
+    elapsed = time.monotonic() - triggered
+    # The flow run process sends its last logs after its final state: let it
+    # exit before the worker's process group is stopped.
+    wait_process_exit(_read_flow_run(server.api_url, flow_run_id).get("infrastructure_pid"))
+    return flow_run_id, state, elapsed
+
+
 @pytest.fixture(scope="session")
 def ensemble_deployment_run(prefect_server: PrefectServer) -> DeploymentRun:
     """Pool, deployments (with schedules), a worker, one triggered run of the ensemble."""
@@ -208,27 +242,10 @@ def ensemble_deployment_run(prefect_server: PrefectServer) -> DeploymentRun:
         server.env, worker_log,
     )
     try:
-        triggered = time.monotonic()
         params = [arg for key, value in RUN_PARAMETERS.items()
                   for arg in ("--param", f"{key}={value}")]
-        out = server.run(str(BIN / "prefect"), "deployment", "run", DEPLOYMENT, *params)
-        match = re.search(r"UUID:\s*([0-9a-f-]{36})", out.stdout)
-        assert match, f"no flow run id in `prefect deployment run` output:\n{out.stdout}"
-        flow_run_id = match.group(1)
-        deadline = time.monotonic() + RUN_TIMEOUT
-        state = "SCHEDULED"
-        while time.monotonic() < deadline:
-            run = _read_flow_run(server.api_url, flow_run_id)
-            state = (run.get("state") or {}).get("type", "UNKNOWN")
-            if state in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
-                break
-            if worker.poll() is not None:
-                pytest.fail(f"worker exited {worker.returncode}:\n{log_tail(worker_log)}")
-            time.sleep(1)
-        elapsed = time.monotonic() - triggered
-        # The flow run process sends its last logs after its final state: let it
-        # exit before the worker's process group is stopped.
-        wait_process_exit(_read_flow_run(server.api_url, flow_run_id).get("infrastructure_pid"))
+        flow_run_id, state, elapsed = run_deployment(server, DEPLOYMENT, params, worker,
+                                                     worker_log)
     finally:
         stop_group(worker)
     return DeploymentRun(

@@ -69,3 +69,13 @@ def task_run_logs(task_run_id: Any, contains: str, timeout: float = 30.0) -> lis
 
     wait_until(found, timeout=timeout, interval=0.5)
     return logs
+
+
+def poll(read: Callable[[], Any], ready: Callable[[Any], bool], timeout: float = 60.0) -> Any:
+    """Read until `ready(value)`, or return the last value at the deadline (the API lags)."""
+    deadline = time.monotonic() + timeout
+    value = read()
+    while not ready(value) and time.monotonic() < deadline:
+        time.sleep(1)
+        value = read()
+    return value

@@ -11,8 +11,7 @@ These tests check the API's view of what happened.
 from __future__ import annotations
 
 import datetime
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -30,6 +29,7 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.objects import StateType
 
 from .fixtures_prefect_server import POOL, RUN_PARAMETERS, DeploymentRun, log_tail
+from .helpers import poll
 
 pytestmark = [pytest.mark.slow, pytest.mark.server, pytest.mark.timeout(900)]
 
@@ -42,16 +42,6 @@ EXPECTED_TASK_RUNS = 2 * MEMBERS + 1
 def client(ensemble_deployment_run: DeploymentRun) -> Iterator[SyncPrefectClient]:
     with SyncPrefectClient(ensemble_deployment_run.server.api_url) as api:
         yield api
-
-
-def poll(read: Callable[[], Any], ready: Callable[[Any], bool], timeout: float = 60.0) -> Any:
-    """Read until `ready(value)`, or return the last value at the deadline (the API lags)."""
-    deadline = time.monotonic() + timeout
-    value = read()
-    while not ready(value) and time.monotonic() < deadline:
-        time.sleep(1)
-        value = read()
-    return value
 
 
 def test_server_started(ensemble_deployment_run: DeploymentRun) -> None:

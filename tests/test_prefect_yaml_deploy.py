@@ -18,9 +18,8 @@ import dataclasses
 import datetime
 import json
 import pathlib
-import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 from uuid import UUID
 
@@ -34,15 +33,14 @@ from prefect.client.schemas.objects import StateType
 from .fixtures_prefect_server import (
     BIN,
     ROOT,
-    RUN_TIMEOUT,
     PrefectServer,
-    _read_flow_run,
     log_tail,
+    run_deployment,
     start_group,
     stop_group,
-    wait_process_exit,
 )
 from .fixtures_prefect_server_postgres import PostgresCluster
+from .helpers import poll
 
 pytestmark = [pytest.mark.slow, pytest.mark.server, pytest.mark.timeout(900)]
 
@@ -85,24 +83,9 @@ def yaml_deployment_run(prefect_server_postgres: PrefectServer,
         env, worker_log,
     )
     try:
-        triggered = time.monotonic()
-        out = server.run(str(BIN / "prefect"), "deployment", "run", DEPLOYMENT,
-                         "--param", f"members={MEMBERS}", "--param", "samples=2000")
-        match = re.search(r"UUID:\s*([0-9a-f-]{36})", out.stdout)
-        assert match, f"no flow run id in `prefect deployment run` output:\n{out.stdout}"
-        flow_run_id = match.group(1)
-        deadline = time.monotonic() + RUN_TIMEOUT
-        state = "SCHEDULED"
-        while time.monotonic() < deadline:
-            state = (_read_flow_run(server.api_url, flow_run_id).get("state") or {}).get(
-                "type", "UNKNOWN")
-            if state in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
-                break
-            if worker.poll() is not None:
-                pytest.fail(f"worker exited {worker.returncode}:\n{log_tail(worker_log)}")
-            time.sleep(1)
-        elapsed = time.monotonic() - triggered
-        wait_process_exit(_read_flow_run(server.api_url, flow_run_id).get("infrastructure_pid"))
+        flow_run_id, state, elapsed = run_deployment(
+            server, DEPLOYMENT, ["--param", f"members={MEMBERS}", "--param", "samples=2000"],
+            worker, worker_log)
     finally:
         stop_group(worker)
     print(f"\nPostgreSQL cluster ready in {postgres_cluster.start_seconds:.1f} s; prefect "
@@ -119,15 +102,6 @@ def yaml_deployment_run(prefect_server_postgres: PrefectServer,
 def client(yaml_deployment_run: YamlDeploymentRun) -> Iterator[SyncPrefectClient]:
     with SyncPrefectClient(yaml_deployment_run.server.api_url) as api:
         yield api
-
-
-def poll(read: Callable[[], Any], ready: Callable[[Any], bool], timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    value = read()
-    while not ready(value) and time.monotonic() < deadline:
-        time.sleep(1)
-        value = read()
-    return value
 
 
 def test_deploy_all_created_the_yaml_deployments(yaml_deployment_run: YamlDeploymentRun,
