@@ -47,6 +47,7 @@ from bench.workloads import ROWS
 
 CHILD = Path(__file__).resolve().parent / "child.py"
 FINDINGS = Path(__file__).resolve().parent / "findings.md"
+ENSEMBLE_SECTION = Path(__file__).resolve().parent / "ensemble_section.md"
 RP_CORES = 2
 
 
@@ -233,6 +234,8 @@ def write_markdown(
     ]
     if findings:
         lines += [findings.rstrip(), ""]
+    if ENSEMBLE_SECTION.exists():  # written by bench/ensemble.py
+        lines += [ENSEMBLE_SECTION.read_text().rstrip(), ""]
     path.write_text("\n".join(lines))
 
 

@@ -75,3 +75,39 @@ def test_writes_markdown_and_plot(quick_run: tuple[str, pathlib.Path]) -> None:
     assert "| ratio (ours / peer) |" in markdown
     assert "## Method" in markdown and "## Machine" in markdown
     assert (out / "benchmarks.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def ensemble_quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, pathlib.Path]:
+    out = tmp_path_factory.mktemp("bench-ensemble")
+    (out / "benchmarks.md").write_text("# Benchmarks\n\nthe main table\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    completed = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "ensemble.py"), "--quick", "--out", str(out)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=2300,
+    )
+    assert completed.returncode == 0, completed.stdout[-4000:] + completed.stderr[-4000:]
+    return completed.stdout, out
+
+
+def test_ensemble_benchmark_measures_every_row(
+    ensemble_quick_run: tuple[str, pathlib.Path],
+) -> None:
+    """`bench/ensemble.py --quick`: every row measured, every ratio printed with a value."""
+    from bench.ensemble import plan
+
+    stdout, out = ensemble_quick_run
+    groups, _ = plan(quick=True)
+    for _family, workload, n, rows in groups:
+        for row in rows:
+            pattern = rf"^{re.escape(row)}\s+{workload}\s+{n}\s+1/1\s+[\d.]+"
+            assert re.search(pattern, stdout, re.MULTILINE), f"{row} {workload} n={n}"
+    for name in ("concurrent: ensemble / plain task runs", "dask: ensemble / API floor",
+                 "concurrent: cost/member at 1000 / at 20",
+                 "radical_pilot: ensemble / raw RADICAL-Pilot"):
+        assert re.search(rf"^{re.escape(name)}\s+\w+\s+\d+\s+[\d.]+x\s", stdout, re.MULTILINE), name
+    markdown = (out / "benchmarks.md").read_text()
+    assert markdown.startswith("# Benchmarks\n\nthe main table\n")  # the rest is kept
+    assert "## ensemble_map: one task run for thousands of members" in markdown
+    assert "sleep-threadpool" in markdown
+    assert (out / "benchmarks-ensemble.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

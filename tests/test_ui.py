@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import pathlib
 import shutil
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -118,3 +119,58 @@ def test_flow_run_page_shows_task_runs_and_backend(
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(shot, target)
         print(f"\nscreenshot saved to {target}")
+
+
+ENSEMBLE_SCRIPT = """
+import sys, time
+from prefect import flow, task
+from prefect.context import get_run_context
+from rhapsody_prefect import RhapsodyRunner, ensemble_map
+
+@task
+def nap(i: int) -> int:
+    time.sleep(0.1)
+    return i
+
+@flow(name="ui-ensemble", task_runner=RhapsodyRunner("concurrent", max_workers=2))
+def sweep() -> str:
+    assert ensemble_map(nap, range(30), progress_interval=0.5).result() == list(range(30))
+    return str(get_run_context().flow_run.id)
+
+print("FLOW-RUN", sweep())
+"""
+
+
+def test_flow_run_page_shows_the_ensemble_artifacts(
+    prefect_server: Any, page: Any, tmp_path: pathlib.Path
+) -> None:
+    """ensemble_map's progress bar and summary table, on the flow run's page."""
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    script = tmp_path / "ui_ensemble.py"
+    script.write_text(ENSEMBLE_SCRIPT)
+    done = prefect_server.run(sys.executable, str(script), timeout=300)
+    run_id = done.stdout.split("FLOW-RUN", 1)[1].split()[0]
+    with SyncPrefectClient(prefect_server.api_url) as client:
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[run_id])))
+    by_type = {artifact.type: artifact for artifact in artifacts}
+    assert sorted(by_type) == ["progress", "table"], artifacts
+    try:
+        page.goto(f"{prefect_server.ui_url}/runs/flow-run/{run_id}")
+        page.get_by_text("Completed").first.wait_for()
+        page.get_by_text("Artifacts", exact=True).first.click()
+        page.get_by_text("30 of 30 members done").first.wait_for()
+        page.wait_for_timeout(1000)
+        page.screenshot(path=str(tmp_path / "ui-ensemble-artifacts.png"), full_page=True)
+        # The summary table, on its artifact's page.
+        page.goto(f"{prefect_server.ui_url}/artifacts/artifact/{by_type['table'].id}")
+        page.get_by_text("utilisation (busy / available core-seconds)").first.wait_for()
+        page.get_by_text("queue time per attempt").first.wait_for()
+        body = page.inner_text("body")
+        assert "where they ran" in body and "host " in body
+        page.screenshot(path=str(tmp_path / "ui-ensemble-summary.png"), full_page=True)
+    except Exception:
+        page.screenshot(path=str(tmp_path / "failure.png"))
+        print(f"\n--- {page.url} ---\n{page.inner_text('body')[:4000]}\n--- {tmp_path}")
+        raise

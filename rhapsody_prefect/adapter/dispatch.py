@@ -192,7 +192,7 @@ class BodyDispatcher:
             run_context.task_run.flow_run_id, interval=progress.PROGRESS_INTERVAL,
             noun="backend tasks",
         )
-        self._reporter.watch()  # an artifact only once the work outlasts an interval
+        self._reporter.start(create_now=False)  # only once the work outlasts an interval
 
     async def cancel_all(self) -> None:
         self.cancelling = True

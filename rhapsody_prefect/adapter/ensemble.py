@@ -227,7 +227,7 @@ class Ensemble:
         if self.artifacts:
             reporter = Reporter(self.tally, self.backend, f"ensemble {task_run.name}",
                                 task_run.flow_run_id, task_run.id, self.interval)
-            await reporter.start()
+            reporter.start()  # the artifact is created while the members are submitted
         self.dispatcher.groups[key] = self
         try:
             try:

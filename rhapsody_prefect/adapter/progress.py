@@ -3,7 +3,7 @@
     tally = Tally()                        # fed by the backend's state callbacks
     backend.register_callback(tally.on_state)
     reporter = Reporter(tally, backend, "square-ensemble-1a2", flow_run_id, task_run_id)
-    await reporter.start()                 # a progress artifact, updated every few seconds
+    reporter.start()                       # a progress artifact, updated every few seconds
     ...
     await reporter.finish()                # last progress value and a table artifact
 
@@ -210,25 +210,26 @@ class Reporter:
         self.capacity = Capacity()
         self.artifact_id: UUID | None = None
         self._client = _client()
+        self._opening: asyncio.Task[None] | None = None
         self._ticker: asyncio.Task[None] | None = None
         self._shown = -1
         self._warned = False
 
-    async def start(self) -> None:
-        """Create the progress artifact now and update it every interval."""
-        await self.capacity.sample(self.backend, placement=True)
-        await self._create()
-        self._ticker = asyncio.get_running_loop().create_task(self._tick())
+    def start(self, create_now: bool = True) -> None:
+        """On the loop: the progress artifact (now, or only once the work outlasts an
+        interval), updated every interval. Returns at once (no API call waited for)."""
+        loop = asyncio.get_running_loop()
+        self._opening = loop.create_task(self._open(create_now))
+        self._ticker = loop.create_task(self._tick())
 
-    def watch(self) -> None:
-        """Create the progress artifact only if the work outlasts an interval (on the loop)."""
-        self._ticker = asyncio.get_running_loop().create_task(self._watch())
-
-    async def _watch(self) -> None:
+    async def _open(self, create_now: bool) -> None:
         await self.capacity.sample(self.backend, placement=True)
-        await self._tick()
+        if create_now:
+            await self._create()
 
     async def _tick(self) -> None:
+        if self._opening is not None:
+            await self._opening
         while True:
             await asyncio.sleep(self.interval)
             await self.capacity.sample(self.backend)
@@ -240,6 +241,9 @@ class Reporter:
 
     async def finish(self) -> None:
         """Stop updating; the last progress value, and the summary table."""
+        if self._opening is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._opening)
         if self._ticker is not None:
             self._ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
