@@ -19,6 +19,8 @@ pool of at most `max_workers` threads (fork/exec stays off the event loop).
 Cancelling a running executable or process-mode function kills its process
 group (a replacement worker is started on demand). A running thread cannot be
 killed: its task is reported CANCELED at once and its result is discarded.
+If this process dies, even by SIGKILL, the backend's watchdog ends the running
+commands and the worker processes (`core/guard.py`).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from ..body.process_worker import HEADER
 from ..core.constants import BackendType, Defaults, TaskState
 from ..core.engine import ExecutionBackend
 from ..core.exceptions import BackendError, ConfigurationError, refuse_unknown_options
+from ..core.guard import Guard
 from ..core.tasks import TaskDict, is_function_task
 
 ExecutorKind = Literal["thread", "process"]
@@ -54,11 +57,14 @@ class WorkerDied(BackendError):
 class _WorkerProcess:
     """One `_process_worker` subprocess, talking length-prefixed cloudpickle frames."""
 
-    def __init__(self, process: asyncio.subprocess.Process) -> None:
+    def __init__(self, process: asyncio.subprocess.Process, guard: Guard | None = None) -> None:
         self.process = process
+        self._guard = guard
+        # Its process group ends with this process, even by SIGKILL (core/guard.py).
+        self._key = guard.kill_group(process.pid) if guard is not None else None
 
     @classmethod
-    async def spawn(cls) -> _WorkerProcess:
+    async def spawn(cls, guard: Guard | None = None) -> _WorkerProcess:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
         process = await asyncio.create_subprocess_exec(
@@ -68,7 +74,7 @@ class _WorkerProcess:
             env=env,
             start_new_session=True,
         )
-        return cls(process)
+        return cls(process, guard)
 
     async def call(self, uid: str, task: TaskDict) -> Envelope:
         payload = cloudpickle.dumps((uid, task["function"], task["args"], task["kwargs"]))
@@ -86,7 +92,10 @@ class _WorkerProcess:
         # No Popen.kill(): on a worker that already died it polls (waitpid) and so
         # steals the exit status from asyncio's child watcher, which then reports 255.
         kill_process_group(self.process.pid)
-        return await self.process.wait()
+        code = await self.process.wait()
+        if self._guard is not None:
+            self._guard.forget(self._key)
+        return code
 
 
 def _describe_exit(code: int | None) -> str:
@@ -177,7 +186,7 @@ class ConcurrentBackend(ExecutionBackend):
             self._report(uid, TaskState.FAILED, exception=error)
 
     async def _run_executable(self, task: TaskDict) -> None:
-        result = await run_command_async(task, self._command_threads)
+        result = await run_command_async(task, self._command_threads, self._guard)
         self._report_result(task["uid"], Envelope.command(result).outcome())
 
     async def _run_in_thread(self, task: TaskDict) -> None:
@@ -189,7 +198,8 @@ class ConcurrentBackend(ExecutionBackend):
 
     async def _run_in_process(self, task: TaskDict) -> None:
         uid = task["uid"]
-        worker = self._idle_workers.pop() if self._idle_workers else await _WorkerProcess.spawn()
+        worker = (self._idle_workers.pop() if self._idle_workers
+                  else await _WorkerProcess.spawn(self._guard))
         self._busy_workers[uid] = worker
         try:
             envelope = await worker.call(uid, task)

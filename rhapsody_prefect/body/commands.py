@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from ..core.guard import Guard
 from ..core.launchers import require_mpi_launcher
 
 
@@ -80,12 +81,14 @@ def run_command(
     *,
     stop: Callable[[], bool] | None = None,
     poll_interval: float = 0.1,
+    guard: Guard | None = None,
 ) -> CommandResult:
     """Run the task's command to completion in this thread.
 
     `stop`, if given, is polled every `poll_interval` seconds; when it returns
     True the command's process group is killed and CommandStopped is raised
     (used by remote workers that learn of a cancel while the command runs).
+    `guard`, if given, ends the command's process group if this process dies.
 
     Raises:
         subprocess.TimeoutExpired: after `timeout` seconds (the process group is killed).
@@ -94,7 +97,7 @@ def run_command(
     process = _popen(task)
     if isinstance(process, CommandResult):
         return process
-    return _finish(process, timeout, stop, poll_interval)
+    return _finish(process, timeout, stop, poll_interval, guard)
 
 
 #: Exit codes a shell reports for a command it cannot find or cannot execute.
@@ -131,8 +134,10 @@ def _finish(
     timeout: float | None = None,
     stop: Callable[[], bool] | None = None,
     poll_interval: float = 0.1,
+    guard: Guard | None = None,
 ) -> CommandResult:
     """Collect the output and exit code; the process group is killed on the way out."""
+    key = guard.kill_group(process.pid) if guard is not None else None
     try:
         if stop is None:
             stdout, stderr = process.communicate(timeout=timeout)
@@ -144,6 +149,8 @@ def _finish(
         raise
     finally:
         kill_process_group(process.pid)  # whatever the command left running in its group
+        if guard is not None:
+            guard.forget(key)
     return CommandResult(process.returncode, _decode(stdout), _decode(stderr))
 
 
@@ -178,10 +185,11 @@ class _Launch:
     process" one decision: a cancelled launch never starts its process.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, guard: Guard | None = None) -> None:
         self._lock = threading.Lock()
         self._cancelled = False
         self._pid: int | None = None
+        self._guard = guard
 
     def run(self, task: Mapping[str, Any]) -> CommandResult | None:
         with self._lock:
@@ -191,7 +199,7 @@ class _Launch:
             if isinstance(process, CommandResult):
                 return process
             self._pid = process.pid
-        return _finish(process)
+        return _finish(process, guard=self._guard)
 
     def cancel(self) -> None:
         with self._lock:
@@ -202,16 +210,19 @@ class _Launch:
 
 
 async def run_command_async(
-    task: Mapping[str, Any], executor: concurrent.futures.Executor | None = None
+    task: Mapping[str, Any],
+    executor: concurrent.futures.Executor | None = None,
+    guard: Guard | None = None,
 ) -> CommandResult:
     """Run the task's command from a thread of `executor`, awaiting it on the loop.
 
     Spawning (fork/exec) and reading the output happen in that thread, not on the
     event loop; the thread count is the executor's, so size it to the number of
     commands that may run at once. Cancelling the awaiting coroutine kills the
-    command's whole process group and returns once the thread is done with it.
+    command's whole process group and returns once the thread is done with it;
+    `guard` ends that group if this process dies while the command runs.
     """
-    launch = _Launch()
+    launch = _Launch(guard)
     running = asyncio.get_running_loop().run_in_executor(executor, launch.run, task)
     try:
         result = await asyncio.shield(running)

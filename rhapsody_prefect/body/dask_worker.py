@@ -6,12 +6,16 @@
 
 A command polls, while it runs, whether Dask cancelled its key or the worker is
 closing, and then kills its process group (`commands.run_command(stop=...)`).
+If the worker process dies (SIGKILL, OOM, its nanny or the flow process gone),
+the worker's watchdog (`core/guard.py`, one per worker process) ends the command's
+process group.
 The worker announces the start on the client's event topic.
 """
 
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -19,12 +23,25 @@ import cloudpickle
 import distributed
 from distributed.core import Status
 
+from ..core.guard import Guard
 from ..core.tasks import is_function_task
 from .commands import CommandStopped, run_command
 from .envelope import Envelope
 
 #: Command keys shipped to the worker for an executable task.
 COMMAND_KEYS = ("executable", "arguments", "shell", "ranks", "pre_exec", "environment", "cwd")
+
+_guard: Guard | None = None
+_guard_lock = threading.Lock()
+
+
+def worker_guard() -> Guard:
+    """This worker process's guard (started with its first command, never closed)."""
+    global _guard
+    with _guard_lock:
+        if _guard is None:
+            _guard = Guard("dask worker")
+        return _guard
 
 
 def payload_of(task: Mapping[str, Any]) -> tuple[str, Any]:
@@ -44,7 +61,9 @@ def run_on_worker(payload: bytes, topic: str | None, key: str) -> Envelope:
         kind, body = cloudpickle.loads(payload)
         if kind == "function":
             return Envelope.call(*body)
-        return Envelope.command(run_command(body, stop=lambda: _stop_requested(worker, key)))
+        return Envelope.command(run_command(
+            body, stop=lambda: _stop_requested(worker, key), guard=worker_guard()
+        ))
     except CommandStopped:
         return Envelope.stopped()
     except BaseException as error:  # never let a BaseException escape a worker

@@ -8,7 +8,9 @@ Modules: `constants` (TaskState, BackendType, Defaults), `exceptions`, `tasks`
 (task dicts, their validation, the resource model), `launchers` (MPI launchers),
 `capacity` (what a task may use on a backend), `contract` (BaseExecutionBackend),
 `outcome` (an attempt's end, TaskError), `scheduling` (core pool, launch batcher),
-`engine` (ExecutionBackend: the contract implemented once).
+`engine` (ExecutionBackend: the contract implemented once), `guard` and `watchdog`
+(what a backend started ends if this process dies, even by SIGKILL).
 
-Imports: the standard library only; nothing else of `rhapsody_prefect`, no Prefect.
+Imports: the standard library only (and psutil, in the watchdog process); nothing
+else of `rhapsody_prefect`, no Prefect.
 """

@@ -37,6 +37,7 @@ from .capacity import Capacity
 from .constants import TaskState
 from .contract import BaseExecutionBackend
 from .exceptions import BackendError, ConfigurationError, WaitTimeoutError
+from .guard import Guard
 from .outcome import RESULT_FIELDS, Outcome, task_error
 from .scheduling import Batcher, SlotPool, call_on_loop
 from .tasks import TaskDict, task_slots, validate_task
@@ -62,7 +63,8 @@ class ExecutionBackend(BaseExecutionBackend):
 
     Subclass hooks: `_start`, `_launch`, `_cancel`, `_shutdown`, `_check_task`,
     `_capacity`, and `slots` (total cores, or None when the backend schedules by itself).
-    Report progress with `_report(uid, state, **results)` from any thread.
+    Report progress with `_report(uid, state, **results)` from any thread; register
+    what must end if this process dies with `self._guard` (`core/guard.py`).
     """
 
     #: Total cores the backend offers; tasks wait for free slots. None: no limit here.
@@ -82,6 +84,7 @@ class ExecutionBackend(BaseExecutionBackend):
         self._slot_pool: SlotPool | None = None
         self._launcher = Batcher(self._flush_launch, self.launch_batch_delay)
         self._canceller = Batcher(self._flush_cancel)
+        self._guard = Guard(str(self.backend_type))  # its watchdog starts on first use
 
     # ----------------------------------------------------------- subclass hooks
     async def _start(self) -> None:
@@ -176,11 +179,8 @@ class ExecutionBackend(BaseExecutionBackend):
                     f"{unfinished[:20]}{' ...' if len(unfinished) > 20 else ''}",
                     unfinished,
                 )
-        failed = [
-            r
-            for r in self._records.values()
-            if r.task.get("state") == TaskState.FAILED and not r.failure_raised
-        ]
+        failed = [r for r in self._records.values()
+                  if r.task.get("state") == TaskState.FAILED and not r.failure_raised]
         for record in failed:
             record.failure_raised = True
         if failed:
@@ -210,8 +210,13 @@ class ExecutionBackend(BaseExecutionBackend):
         if self._start_task is not None:
             with contextlib.suppress(BaseException):
                 await self._start_task
-        if self._started:
-            await self._shutdown()
+        clean = False
+        try:
+            if self._started:
+                await self._shutdown()
+            clean = True
+        finally:  # after a failed _shutdown the watchdog ends what is still registered
+            self._guard.close(clean)
 
     # ------------------------------------------------------------ for subclasses
     def _report(self, uid: str, state: TaskState | str, **results: Any) -> None:

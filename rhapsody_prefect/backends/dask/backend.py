@@ -39,6 +39,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import shlex
 import uuid
 from collections.abc import Mapping
 from types import MappingProxyType
@@ -103,6 +104,7 @@ class DaskBackend(ExecutionBackend):
         self._worker_resources = WorkerResources(checked.resource_names)
         self._client: Client | None = None
         self._own_cluster: Any = None
+        self._guarded: set[int | str] = set()  # worker pids, job ids of _own_cluster
         self._token = uuid.uuid4().hex[:8]
         self._topic = f"rhapsody-{self._token}"
         # uid -> current Dask key; key -> (uid, future). Written on the backend loop only.
@@ -115,6 +117,7 @@ class DaskBackend(ExecutionBackend):
     async def _start(self) -> None:
         self._client = await asyncio.to_thread(self._connect)
         self._client.subscribe_topic(self._topic, self._on_event)
+        self._guard_own_workers()
 
     def _connect(self) -> Client:
         """Create (or reach) the cluster and a client; runs in a worker thread."""
@@ -156,6 +159,7 @@ class DaskBackend(ExecutionBackend):
                 f"({client.status if client else 'no client'})",
                 self.backend_type,
             )
+        self._guard_own_workers()  # workers an adaptive cluster added since
         launched: list[tuple[str, str, Future]] = []
         for task in tasks:
             uid = task["uid"]
@@ -219,6 +223,23 @@ class DaskBackend(ExecutionBackend):
         self._worker_resources.check(task, self._client)
 
     # ---------------------------------------------------------------- helpers
+    def _guard_own_workers(self) -> None:
+        """A cluster started here ends if this process dies, even by SIGKILL: a
+        LocalCluster's worker processes (children of this process) with all they
+        started, and a dask-jobqueue cluster's batch jobs (its cancel command)."""
+        workers: list[Any] = []
+        with contextlib.suppress(RuntimeError, AttributeError):  # changed on the cluster's loop
+            workers = list(self._own_cluster.workers.values()) if self._own_cluster else []
+        for worker in workers:
+            pid = getattr(getattr(getattr(worker, "process", None), "process", None), "pid", None)
+            job, cancel = getattr(worker, "job_id", None), getattr(worker, "cancel_command", None)
+            if isinstance(pid, int) and pid not in self._guarded:  # a Nanny's worker process
+                self._guarded.add(pid)
+                self._guard.kill_tree(pid)
+            elif job and isinstance(cancel, str) and job not in self._guarded:  # a batch job
+                self._guarded.add(job)
+                self._guard.on_death([*shlex.split(cancel), str(job)])
+
     def _submit_options(self, task: TaskDict) -> dict[str, Any]:
         kwargs = task.get("backend_kwargs") or {}
         options: dict[str, Any] = {

@@ -6,6 +6,9 @@
     ...
     reap_run(run_id)       # kill what the run left: bridges, agent, raptor, tasks
     reap_orphans()         # and what runs of dead clients (SIGKILL, OOM) left
+    guard.on_death(reap_argv(run_id))   # reaps the run if the client dies (core/guard.py)
+
+    python -m rhapsody_prefect.backends.radical_pilot reap <run id>   # the same, by hand
 
 RP's helpers rename themselves, so they are recognised by their working
 directory (inside the run dir) or by the environment marker they inherit.
@@ -21,6 +24,7 @@ import signal
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -96,17 +100,41 @@ def _kill(processes: list[psutil.Process], grace: float = 3.0) -> int:
     for process in processes:
         with contextlib.suppress(psutil.Error):
             process.send_signal(signal.SIGTERM)
-    _, alive = psutil.wait_procs(processes, timeout=grace)
+    alive = _wait_gone(processes, grace)
     for process in alive:
         with contextlib.suppress(psutil.Error):
             process.kill()
-    psutil.wait_procs(alive, timeout=grace)
+    _wait_gone(alive, grace)
     return len(processes)
+
+
+def _wait_gone(processes: list[psutil.Process], timeout: float) -> list[psutil.Process]:
+    """Wait until each process is gone or a zombie (after its client's death nobody may
+    reap it soon); reaps our own children. Returns those still running."""
+    deadline = time.monotonic() + timeout
+    while True:
+        _, alive = psutil.wait_procs(processes, timeout=0.05)
+        processes = [p for p in alive if _running(p)]
+        if not processes or time.monotonic() >= deadline:
+            return processes
+
+
+def _running(process: psutil.Process) -> bool:
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 def reap_run(run_id: str) -> int:
     """Kill every process a backend's session started (agent, raptor, tasks, bridges)."""
     return _kill([process for process, _ in marked_processes(run_id)])
+
+
+def reap_argv(run_id: str) -> list[str]:
+    """The command that reaps `run_id`, for a watchdog to run when this process dies."""
+    return [sys.executable, "-m", __package__ or "rhapsody_prefect.backends.radical_pilot",
+            "reap", run_id]
 
 
 def reap_orphans() -> int:
@@ -158,6 +186,18 @@ def run_environment(run_id: str, run_dir: Path, local: bool) -> dict[str, str]:
     return values
 
 
+def main(argv: list[str] | None = None) -> int:
+    """`reap <run id>`: kill every process of that run; prints how many (`__main__`)."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 2 or args[0] != "reap":
+        print(f"usage: python -m {__package__} reap <run id>", file=sys.stderr)
+        return 2
+    started = time.monotonic()
+    reaped = reap_run(args[1])
+    print(f"reaped {reaped} processes of {args[1]} in {time.monotonic() - started:.1f} s")
+    return 0
+
+
 __all__ = [
     "MARK",
     "MARK_PID",
@@ -165,6 +205,7 @@ __all__ = [
     "helpers_missing",
     "marked_processes",
     "patched_environ",
+    "reap_argv",
     "reap_orphans",
     "reap_run",
     "run_environment",

@@ -29,11 +29,13 @@ from typing import TYPE_CHECKING, Any
 
 from ...core.constants import TaskState
 from ...core.exceptions import BackendError, ConfigurationError
+from ...core.guard import Guard
 from .config import PilotConfig, pilot_description, run_resource_entry
 from .processes import (
     availability,
     helpers_missing,
     patched_environ,
+    reap_argv,
     reap_orphans,
     reap_run,
     run_environment,
@@ -86,6 +88,10 @@ class PilotRun:
         self.tmgr: Any = None
         self.raptor = Raptor(config.raptor, self.run_id, self.run_dir, self.local, self.mark)
         self.pilot_error: BackendError | None = None
+        #: Ends the run if this process dies, even by SIGKILL: the reap command is
+        #: registered before RP starts anything, and the helpers RP forks from this
+        #: process register themselves (a batch pilot adds its job's cancel).
+        self.guard = Guard(f"radical_pilot {self.run_id}", track_forks=True)
         self.closing = False
         self.closed = False
         self.lock = threading.Lock()
@@ -121,6 +127,7 @@ class PilotRun:
         write_run_configs(self.run_dir, self.resources["resource"],
                           run_resource_entry(self.config, self.run_dir))
         _live_runs[self.run_id] = self
+        self.guard.on_death(reap_argv(self.run_id))
         cfg = {"base": str(self.run_dir), "path": str(self.run_dir / "client"),
                "client_sandbox": str(self.run_dir / "client")}
         with patched_environ(run_environment(self.run_id, self.run_dir, self.local)):
@@ -296,6 +303,7 @@ class PilotRun:
             reaped = reap_run(self.run_id)
             if reaped:
                 logger.debug("radical_pilot: reaped %d leftover processes", reaped)
+        self.guard.close()
         _live_runs.pop(self.run_id, None)
         self.timings["close"] = round(time.monotonic() - t0, 3)
         if not self.keep_sandbox:
