@@ -48,6 +48,7 @@ from bench.workloads import ROWS
 CHILD = Path(__file__).resolve().parent / "child.py"
 FINDINGS = Path(__file__).resolve().parent / "findings.md"
 ENSEMBLE_SECTION = Path(__file__).resolve().parent / "ensemble_section.md"
+SLURM_SECTION = Path(__file__).resolve().parent / "slurm_section.md"
 RP_CORES = 2
 
 
@@ -236,6 +237,8 @@ def write_markdown(
         lines += [findings.rstrip(), ""]
     if ENSEMBLE_SECTION.exists():  # written by bench/ensemble.py
         lines += [ENSEMBLE_SECTION.read_text().rstrip(), ""]
+    if SLURM_SECTION.exists():  # written by bench/slurm.py
+        lines += [SLURM_SECTION.read_text().rstrip(), ""]
     path.write_text("\n".join(lines))
 
 

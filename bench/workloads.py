@@ -133,8 +133,21 @@ def make_runner(row: str, workload: str, options: dict[str, Any]) -> Any:
     raise ValueError(f"not a Prefect row: {row}")
 
 
+#: The resource label of the Slurm cluster `bench/slurm.py` starts (an inline config).
+SLURM_LABEL = "benchsite.slurm"
+
+
 def rp_backend_kwargs(workload: str, options: dict[str, Any]) -> dict[str, Any]:
-    """The radical_pilot backend's options: a pilot of `rp_cores` cores for tasks."""
+    """The radical_pilot backend's options: a pilot of `rp_cores` cores for tasks.
+
+    With `rp_slurm` ({"entry": resource config, "nodes": n}, from bench/slurm.py): a
+    pilot of n nodes of the local Slurm cluster instead.
+    """
+    slurm = options.get("rp_slurm")
+    if slurm:
+        return {"resources": {"resource": SLURM_LABEL, "nodes": slurm["nodes"], "runtime": 30},
+                "resource_config": slurm["entry"], "work_dir": options["work_dir"],
+                "raptor": workload == "python"}
     return {
         "resources": {"cores": options["rp_cores"], "runtime": 60},
         "work_dir": options["work_dir"],
@@ -145,6 +158,7 @@ def rp_backend_kwargs(workload: str, options: dict[str, Any]) -> dict[str, Any]:
 def run_prefect(row: str, workload: str, n: int, options: dict[str, Any]) -> dict[str, Any]:
     """One flow run: warm-up task, then `n` tasks submitted and waited for."""
     from prefect import flow
+    from prefect.context import get_run_context
     from prefect.futures import wait
 
     from bench.prefect_tasks import noop_task, true_task
@@ -160,6 +174,8 @@ def run_prefect(row: str, workload: str, n: int, options: dict[str, Any]) -> dic
         warm.wait()
         if not warm.state.is_completed():
             raise RuntimeError(f"warm-up task ended {warm.state!r}")
+        active = pilot_active_seconds(getattr(getattr(
+            get_run_context().task_runner, "_dispatcher", None), "backend", None))
         sampler.reset()
         start = time.perf_counter()
         futures = [bench_task.submit(i) for i in range(n)]
@@ -167,7 +183,8 @@ def run_prefect(row: str, workload: str, n: int, options: dict[str, Any]) -> dic
         seconds = time.perf_counter() - start
         cpu = sampler.end()
         completed = sum(1 for future in futures if future.state.is_completed())
-        return {"seconds": seconds, "cpu_seconds": cpu, "completed": completed}
+        return {"seconds": seconds, "cpu_seconds": cpu, "completed": completed,
+                "active_seconds": active}
 
     total = time.perf_counter()
     result = bench_flow()
@@ -200,6 +217,7 @@ def run_api(row: str, workload: str, n: int, options: dict[str, Any]) -> dict[st
         try:
             await backend.submit_tasks(api_specs(workload, 1, first=-1))
             await backend.wait()
+            active = pilot_active_seconds(backend)
             sampler.reset()
             start = time.perf_counter()
             specs = api_specs(workload, n)
@@ -210,7 +228,8 @@ def run_api(row: str, workload: str, n: int, options: dict[str, Any]) -> dict[st
             completed = sum(1 for s in specs if s.get("state") == TaskState.COMPLETED)
         finally:
             await backend.terminate()
-        return {"seconds": seconds, "cpu_seconds": cpu, "completed": completed}
+        return {"seconds": seconds, "cpu_seconds": cpu, "completed": completed,
+                "active_seconds": active}
 
     total = time.perf_counter()
     result = asyncio.run(main())
@@ -227,18 +246,29 @@ def run_raw_rp(row: str, workload: str, n: int, options: dict[str, Any]) -> dict
     import radical.pilot as rp
 
     work_dir = options["work_dir"]
-    _size_local_node(work_dir, options["rp_cores"])
+    slurm = options.get("rp_slurm")
+    if slurm:  # the same pilot as rp_backend_kwargs: n nodes of the local Slurm cluster
+        description = {"resource": SLURM_LABEL, "nodes": slurm["nodes"], "runtime": 30,
+                       "exit_on_error": False}
+        _user_config(work_dir, "resource_benchsite.json", {"slurm": slurm["entry"]})
+        os.environ["HOME"] = os.path.join(work_dir, "home")  # psij's ~/.psij, as the backend
+        os.makedirs(os.environ["HOME"], exist_ok=True)
+    else:
+        description = {"resource": "local.localhost", "cores": options["rp_cores"],
+                       "runtime": 60, "exit_on_error": False,
+                       "sandbox": os.path.join(work_dir, "sandbox")}
+        _size_local_node(work_dir, options["rp_cores"])
     sampler = RssSampler()
     total = time.perf_counter()
     session = rp.Session(cfg={"base": work_dir, "path": work_dir, "client_sandbox": work_dir})
     try:
         pmgr = rp.PilotManager(session=session)
         tmgr = rp.TaskManager(session=session)
-        pilot = pmgr.submit_pilots(rp.PilotDescription({
-            "resource": "local.localhost", "cores": options["rp_cores"], "runtime": 60,
-            "exit_on_error": False, "sandbox": os.path.join(work_dir, "sandbox"),
-        }))
+        pilot = pmgr.submit_pilots(rp.PilotDescription(description))
+        submitted = time.perf_counter()
         tmgr.add_pilots(pilot)
+        pilot.wait([rp.PMGR_ACTIVE, *rp.FINAL], timeout=900)
+        active = time.perf_counter() - submitted
 
         def describe(i: int) -> Any:
             return rp.TaskDescription({"uid": f"task.{i + 1:06d}", "executable": TRUE})
@@ -256,7 +286,8 @@ def run_raw_rp(row: str, workload: str, n: int, options: dict[str, Any]) -> dict
         completed = sum(1 for t in tasks if t.state == rp.DONE)
     finally:
         session.close(download=False)
-    result: dict[str, Any] = {"seconds": seconds, "cpu_seconds": cpu, "completed": completed}
+    result: dict[str, Any] = {"seconds": seconds, "cpu_seconds": cpu, "completed": completed,
+                              "active_seconds": active}
     result["flow_seconds"] = time.perf_counter() - total
     result["rss_base"], result["rss_peak"] = sampler.stop()
     return result
@@ -268,13 +299,26 @@ def _size_local_node(work_dir: str, cores: int) -> None:
     RP's built-in local.localhost pretends to be one 8-core node and a pilot gets whole
     nodes, so `cores=2` alone would give raw RP 8 cores against the backend's 2.
     """
+    _user_config(work_dir, "resource_local.json", {"localhost": {
+        "cores_per_node": cores, "gpus_per_node": 0, "fake_resources": True}})
+
+
+def _user_config(work_dir: str, name: str, entries: dict[str, Any]) -> None:
+    """Raw RP's user resource config `name` (RADICAL_CONFIG_USER_DIR in work_dir)."""
     config_dir = os.path.join(work_dir, "raw-rp-config")
     configs = os.path.join(config_dir, ".radical", "pilot", "configs")
     os.makedirs(configs, exist_ok=True)
-    with open(os.path.join(configs, "resource_local.json"), "w") as stream:
-        json.dump({"localhost": {"cores_per_node": cores, "gpus_per_node": 0,
-                                 "fake_resources": True}}, stream)
+    with open(os.path.join(configs, name), "w") as stream:
+        json.dump(entries, stream)
     os.environ["RADICAL_CONFIG_USER_DIR"] = config_dir
+
+
+def pilot_active_seconds(backend: Any) -> float | None:
+    """Seconds from the pilot's submission to active, for a radical_pilot backend."""
+    timings = getattr(backend, "timings", None) or {}
+    if "pilot_active" in timings and "pilot_submitted" in timings:
+        return round(timings["pilot_active"] - timings["pilot_submitted"], 3)
+    return None
 
 
 def runner_for(row: str) -> Callable[[str, str, int, dict[str, Any]], dict[str, Any]]:

@@ -3,6 +3,8 @@
     python flows/ensemble.py                                 # concurrent backend, 4 members
     python flows/ensemble.py --backend dask --members 8 --workers 2
     python flows/ensemble.py --backend radical_pilot --members 4 --samples 50000
+    python flows/ensemble.py --backend radical_pilot --slurm     # a pilot job on Slurm
+    python flows/ensemble.py --backend dask --slurm              # SLURMCluster workers
 
     from flows.ensemble import ensemble, runner_for
     summary = ensemble.with_options(task_runner=runner_for("dask", workers=2))(members=8)
@@ -19,6 +21,11 @@ The backend comes from `--backend`, or from the `RHAPSODY_BACKEND` environment
 variable when the flow is started by a deployment (default `concurrent`, which
 needs nothing else started). A backend that cannot run here fails with the
 library's own error (`rhapsody-prefect backends` says why).
+
+`--slurm [PARTITION]` runs the radical_pilot or dask backend through the Slurm
+cluster `SLURM_CONF` points at (`make slurm-up; eval "$(scripts/slurm-cluster.sh
+env)"`, see docs/hpc.md): a pilot of all the partition's nodes, from an inline
+resource config; or one dask-jobqueue worker job per node.
 """
 
 from __future__ import annotations
@@ -63,7 +70,8 @@ for _ in range(samples):
     x, y = rng.random(), rng.random()
     hits += x * x + y * y <= 1.0
 result = {"seed": seed, "samples": samples, "hits": hits,
-          "member": os.environ.get("ENSEMBLE_MEMBER"), "host": os.uname().nodename,
+          "member": os.environ.get("ENSEMBLE_MEMBER"),
+          "host": os.environ.get("SLURMD_NODENAME") or os.uname().nodename,
           "pid": os.getpid(), "finished": time.time()}
 tmp = out + ".part"
 with open(tmp, "w") as f:
@@ -88,6 +96,58 @@ def runner_for(
         elif backend == "radical_pilot":
             kwargs.setdefault("resources", {"cores": workers})
     return RhapsodyRunner(backend, **kwargs)
+
+
+def slurm_partition(partition: str | None = None) -> tuple[str, int, int]:
+    """(partition, nodes, CPUs per node) of a Slurm partition (default: the default one)."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["sinfo", "-h", "-o", "%P %D %c"], capture_output=True,
+                             text=True, check=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError) as error:
+        raise SystemExit(
+            f"--slurm: cannot ask Slurm for its partitions ({error}). Start the local cluster "
+            "and point SLURM_CONF at it: make slurm-up; eval \"$(scripts/slurm-cluster.sh env)\""
+        ) from None
+    rows = [line.split() for line in out.splitlines() if line.strip()]
+    for name, nodes, cpus in rows:
+        if name.rstrip("*") == partition or (partition is None and name.endswith("*")):
+            return name.rstrip("*"), int(nodes), int(cpus.rstrip("+"))
+    raise SystemExit(f"--slurm: no partition {partition!r}; Slurm has "
+                     f"{[row[0] for row in rows]}")
+
+
+def slurm_options(backend: str, partition: str | None = None) -> dict[str, Any]:
+    """Backend options for the Slurm cluster SLURM_CONF points at: all nodes of `partition`."""
+    partition, nodes, cpus = slurm_partition(partition)
+    scratch = pathlib.Path(tempfile.gettempdir())
+    if backend == "radical_pilot":
+        entry = {  # one entry of a resource_<site>.json (docs/hpc.md explains the keys)
+            "description": "the Slurm cluster SLURM_CONF points at",
+            "default_schema": "local",
+            "schemas": {"local": {"job_manager_endpoint": "slurm://localhost/",
+                                  "filesystem_endpoint": "file://localhost/"}},
+            "default_queue": partition, "resource_manager": "SLURM",
+            "agent_scheduler": "CONTINUOUS", "agent_spawner": "POPEN",
+            "launch_methods": {"order": ["SRUN"], "SRUN": {}},
+            "cores_per_node": cpus, "gpus_per_node": 0,
+            "default_remote_workdir": str(scratch / "rhapsody-rp-sandboxes"),
+            "rp_version": "installed", "virtenv_mode": "local", "python_dist": "default",
+        }
+        return {"resources": {"resource": "mysite.slurm", "nodes": nodes, "runtime": 30},
+                "resource_config": entry}
+    if backend == "dask":
+        return {
+            "cluster_class": "dask_jobqueue.SLURMCluster",
+            "cluster_kwargs": {
+                "cores": cpus, "processes": 1, "memory": "1GB", "queue": partition,
+                "walltime": "00:30:00", "log_directory": str(scratch / "rhapsody-dask-logs"),
+                "scheduler_options": {"host": "127.0.0.1", "dashboard_address": ":0"},
+            },
+            "adapt_kwargs": {"minimum": nodes, "maximum": nodes},
+        }
+    raise SystemExit(f"--slurm runs the radical_pilot or dask backend, not {backend!r}")
 
 
 def member_seed(base_seed: int, member: int) -> int:
@@ -227,9 +287,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backend-kwargs", type=json.loads, default=None, metavar="JSON",
                         help='extra backend options, e.g. \'{"address": "tcp://host:8786"}\'')
     parser.add_argument("--workdir", default=None, help="output directory (default: a temp dir)")
+    parser.add_argument("--slurm", nargs="?", const="", default=None, metavar="PARTITION",
+                        help="run through the Slurm cluster SLURM_CONF points at (radical_pilot: "
+                             "a pilot job of the partition's nodes; dask: SLURMCluster workers)")
     args = parser.parse_args(argv)
 
-    runner = runner_for(args.backend, args.workers, args.backend_kwargs)
+    backend_kwargs = args.backend_kwargs
+    if args.slurm is not None:
+        backend_kwargs = {**slurm_options(args.backend, args.slurm or None),
+                          **(backend_kwargs or {})}
+    runner = runner_for(args.backend, None if args.slurm is not None else args.workers,
+                        backend_kwargs)
     started = time.perf_counter()
     state = ensemble.with_options(task_runner=runner)(
         members=args.members, samples=args.samples, seed=args.seed, cores=args.cores,

@@ -21,7 +21,7 @@
 # Options (environment variable, default):
 #   --dir DIR          RHAPSODY_SLURM_DIR        /tmp/rhapsody-slurm
 #   --nodes N          RHAPSODY_SLURM_NODES      2        (nodes n1..nN)
-#   --cpus N           RHAPSODY_SLURM_CPUS       1        (CPUs per node)
+#   --cpus N           RHAPSODY_SLURM_CPUS       2        (CPUs per node)
 #   --memory MB        RHAPSODY_SLURM_MEMORY     2000     (RealMemory per node)
 #   --ctld-port P      RHAPSODY_SLURM_CTLD_PORT  16817    (SlurmctldPort)
 #   --node-port P      RHAPSODY_SLURM_NODE_PORT  17001    (node i listens on P+i-1)
@@ -46,7 +46,7 @@ shift
 
 DIR="${RHAPSODY_SLURM_DIR:-/tmp/rhapsody-slurm}"
 NODES="${RHAPSODY_SLURM_NODES:-2}"
-CPUS="${RHAPSODY_SLURM_CPUS:-1}"
+CPUS="${RHAPSODY_SLURM_CPUS:-2}"
 MEMORY="${RHAPSODY_SLURM_MEMORY:-2000}"
 CTLD_PORT="${RHAPSODY_SLURM_CTLD_PORT:-16817}"
 NODE_PORT="${RHAPSODY_SLURM_NODE_PORT:-17001}"

@@ -7,7 +7,8 @@
 work directory of its own under /tmp and free ports of its own, so it never meets a
 cluster started by hand (`make slurm-up`, /tmp/rhapsody-slurm, ports 16817/17001..)
 or by another test session. Nodes `n1..nN` (N from RHAPSODY_SLURM_NODES, default 2),
-CPUs per node from RHAPSODY_SLURM_CPUS (default 1), default partition `debug`.
+CPUs per node from RHAPSODY_SLURM_CPUS (default 2: a pilot of both nodes has room for
+raptor's master and worker and for executables), default partition `debug`.
 While it is active, `SLURM_CONF` is set in `os.environ` (clients such as `sbatch`,
 RADICAL-Pilot and dask-jobqueue need it). At session end it runs the script's `stop`
 (cancels the cluster's jobs, stops its daemons) and removes the work directory.
@@ -128,7 +129,7 @@ def slurm_cluster() -> Iterator[SlurmCluster]:
         pytest.skip(reason)
 
     nodes = int(os.environ.get("RHAPSODY_SLURM_NODES", "2"))
-    cpus = int(os.environ.get("RHAPSODY_SLURM_CPUS", "1"))
+    cpus = int(os.environ.get("RHAPSODY_SLURM_CPUS", "2"))
     ctld_port = _free_ports(1)
     node_port = _free_ports(nodes)
     # /tmp, not $TMPDIR: the munge user must be able to enter every parent directory.

@@ -161,6 +161,7 @@ class BodyDispatcher:
         executing_line: asyncio.TimerHandle | None = None
         try:
             await self.backend.submit_tasks([spec])
+            self.lines.waiting(run_logger, uid, self.backend)  # e.g. the pilot is queued
             while True:
                 state = await watch.states.get()
                 if state.is_terminal:

@@ -46,7 +46,7 @@ from ..backends.discovery import BackendRegistry, get_backend
 from ..core.exceptions import ConfigurationError
 from .dispatch import BodyDispatcher, wait_for_futures
 from .loop_thread import LoopThread
-from .timeline import TransitionLines
+from .timeline import TransitionLines, notice_listener
 
 logger = logging.getLogger("rhapsody_prefect.runner")
 
@@ -251,6 +251,11 @@ class RhapsodyRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
                 client = self._client_context.client
                 self._stack.callback(lambda: loop_thread.call(client.__aexit__(None, None, None)))
                 self._stack.callback(lambda: loop_thread.call(backend.terminate()))
+                notices = getattr(backend, "notices", None)
+                if notices is not None:  # e.g. a pilot's batch job, queued: the flow's log
+                    listener = notice_listener(self.backend_name)
+                    notices.subscribe(listener)
+                    self._stack.callback(notices.unsubscribe, listener)
                 self._dispatcher = dispatcher
                 loop_thread.call(backend.start())
             return self._dispatcher

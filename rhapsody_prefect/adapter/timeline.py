@@ -6,6 +6,9 @@
     lines = TransitionLines("dask", logging.INFO)
     lines.log(run_logger, uid, "finished", TaskState.COMPLETED, watch.timeline())
     replay(run_logger, captured, uid)    # the body's lines, with their original times
+    lines.waiting(run_logger, uid, backend)          # 'task ... waiting: ...; batch job 14 ...'
+    listener = notice_listener("radical_pilot")      # a backend's notices -> this run's log
+    backend.notices.subscribe(listener)
 """
 
 from __future__ import annotations
@@ -13,7 +16,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
+
+from prefect.logging import get_run_logger
 
 from ..body.capture import LogLine
 from ..core.constants import TaskState
@@ -81,6 +87,34 @@ class TransitionLines:
             "rhapsody_state": state.value,
         })
 
+    def waiting(self, run_logger: Any, uid: str, backend: Any) -> None:
+        """A line when the body was queued while the backend cannot start tasks yet.
+
+        The reason is the backend's (`backend.notices.waiting`, e.g. a pilot whose batch
+        job is still PENDING); the task run itself is Running in Prefect from here on.
+        """
+        reason = getattr(getattr(backend, "notices", None), "waiting", None)
+        if reason:
+            self.log(run_logger, uid, "waiting", TaskState.READY, reason)
+
+
+def notice_listener(backend_name: str) -> Callable[[int, str], None]:
+    """Send a backend's notices (`core.notices`) to the current run's log, from any thread.
+
+    Called where the backend is created, inside the flow run (or task run) that uses
+    it; the lines carry that run's id, so they reach its log from the backend's threads.
+    """
+    try:
+        run_logger: Any = get_run_logger()
+    except Exception:  # no run context: Prefect's flow-run logger without a run id
+        run_logger = logging.LoggerAdapter(logging.getLogger("prefect.flow_runs"), {})
+
+    def listener(level: int, message: str) -> None:
+        emit(run_logger, level, f"Backend {backend_name!r}: {message}",
+             extra={"rhapsody_backend": backend_name})
+
+    return listener
+
 
 def replay(run_logger: Any, lines: list[LogLine], uid: str = "") -> None:
     """Emit the body's captured log lines as the task run's own, with their times.
@@ -124,4 +158,4 @@ def emit(
     target.handle(record)
 
 
-__all__ = ["NOTABLE", "TransitionLines", "Watch", "emit", "replay"]
+__all__ = ["NOTABLE", "TransitionLines", "Watch", "emit", "notice_listener", "replay"]

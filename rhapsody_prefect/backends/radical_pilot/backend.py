@@ -52,8 +52,10 @@ from ...core.capacity import Capacity
 from ...core.constants import TaskState
 from ...core.engine import ExecutionBackend
 from ...core.exceptions import ConfigurationError, refuse_unknown_options
+from ...core.notices import Notices
 from ...core.tasks import TaskDict, is_function_task
 from .config import pilot_config
+from .lifecycle import PENDING_TIMEOUT, STARTUP_TIMEOUT
 from .processes import availability
 from .rp_import import rp
 from .session import PilotRun, _shared_lock, _shared_runs
@@ -101,12 +103,16 @@ class RadicalPilotBackend(ExecutionBackend):
         raptor: bool | Mapping[str, Any] | None = True,
         shared: bool = False,
         resource_config: Mapping[str, Any] | None = None,
+        pending_timeout: float = PENDING_TIMEOUT,
         **unknown: Any,
     ) -> None:
         refuse_unknown_options("the radical_pilot backend", unknown, [
-            "resources", "work_dir", "keep_sandbox", "raptor", "shared", "resource_config"])
+            "resources", "work_dir", "keep_sandbox", "raptor", "shared", "resource_config",
+            "pending_timeout"])
         super().__init__()
-        self.config = pilot_config(resources, raptor, resource_config)
+        self.config = pilot_config(resources, raptor, resource_config, pending_timeout)
+        #: The pilot's life (queued, batch job, active, lost), for the user (see lifecycle).
+        self.notices = Notices("rhapsody_prefect.backends.radical_pilot")
         self.resources = self.config.resources
         self.raptor_config = self.config.raptor
         self.shape = self.config.shape
@@ -153,8 +159,10 @@ class RadicalPilotBackend(ExecutionBackend):
     async def _start(self) -> None:
         if self.shared:
             self._run = await asyncio.to_thread(self._shared_run)
+            self._run.attach(self)
         else:
             assert self._run is not None
+            self._run.attach(self)
             await asyncio.to_thread(self._run.start)
 
     def _shared_run(self) -> PilotRun:
@@ -172,9 +180,15 @@ class RadicalPilotBackend(ExecutionBackend):
             return run
 
     async def wait_active(self, timeout: float | None = None) -> None:
-        """Start the backend and wait until its pilot runs (handy before timing)."""
+        """Start the backend and wait until its pilot runs (handy before timing).
+
+        Raises `BackendError` when the pilot cannot run (the batch system's answer) or is
+        not active after `timeout` s (default: `pending_timeout` + `STARTUP_TIMEOUT`).
+        """
         await self.start()
         assert self._run is not None
+        if timeout is None:
+            timeout = self.config.pending_timeout + STARTUP_TIMEOUT
         await asyncio.to_thread(self._run.wait_active, timeout)
 
     # ------------------------------------------------------------ validation

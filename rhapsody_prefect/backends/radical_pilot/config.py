@@ -234,20 +234,30 @@ class PilotConfig:
     inline: bool
     raptor: dict[str, int] | None
     shape: PilotShape
+    #: Seconds the pilot's batch job may wait in the queue before the backend gives up.
+    pending_timeout: float = 86400.0
 
 
 def pilot_config(
     resources: Mapping[str, Any] | None,
     raptor: bool | Mapping[str, Any] | None = True,
     inline: Mapping[str, Any] | None = None,
+    pending_timeout: float = 86400.0,
 ) -> PilotConfig:
     """Check the pilot, the resource and raptor; split the cores (see the module docs)."""
+    if (isinstance(pending_timeout, bool) or not isinstance(pending_timeout, (int, float))
+            or pending_timeout <= 0):
+        raise ConfigurationError(
+            f"pending_timeout must be a number of seconds > 0, got {pending_timeout!r}",
+            config_key="pending_timeout",
+        )
     checked, config = pilot_resources(resources, inline)
     sized = checked["resource"] == LOCAL_RESOURCE and inline is None
     # On a machine-sized pilot a function task may use as many cores as an executable.
     raptor_config = raptor_sizing(raptor, int(checked.get("cores") or 1) if sized else 1)
     shape = PilotShape.of(checked, config, raptor_config, sized)
-    return PilotConfig(checked, config, inline is not None, raptor_config, shape)
+    return PilotConfig(checked, config, inline is not None, raptor_config, shape,
+                       float(pending_timeout))
 
 
 def run_resource_entry(config: PilotConfig, run_dir: Path) -> dict[str, Any] | None:

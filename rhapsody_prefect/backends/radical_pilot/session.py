@@ -30,7 +30,9 @@ from typing import TYPE_CHECKING, Any
 from ...core.constants import TaskState
 from ...core.exceptions import BackendError, ConfigurationError
 from ...core.guard import Guard
+from .batch_job import launcher_environment
 from .config import PilotConfig, pilot_description, run_resource_entry
+from .lifecycle import PilotWatch, pilot_lost, remove_session_sandbox
 from .processes import (
     availability,
     helpers_missing,
@@ -88,6 +90,8 @@ class PilotRun:
         self.tmgr: Any = None
         self.raptor = Raptor(config.raptor, self.run_id, self.run_dir, self.local, self.mark)
         self.pilot_error: BackendError | None = None
+        #: The pilot's batch job and its life, told to the attached backends' notices.
+        self.watch = PilotWatch(self, config.pending_timeout)
         #: Ends the run if this process dies, even by SIGKILL: the reap command is
         #: registered before RP starts anything, and the helpers RP forks from this
         #: process register themselves (a batch pilot adds its job's cancel).
@@ -130,7 +134,11 @@ class PilotRun:
         self.guard.on_death(reap_argv(self.run_id))
         cfg = {"base": str(self.run_dir), "path": str(self.run_dir / "client"),
                "client_sandbox": str(self.run_dir / "client")}
-        with patched_environ(run_environment(self.run_id, self.run_dir, self.local)):
+        environment = run_environment(self.run_id, self.run_dir, self.local)
+        environment["TMPDIR"] = str(self.run_dir / "tmp")  # RP's rp.agent_cfg.* files
+        environment.update(launcher_environment(   # psij's ~/.psij, in the run dir
+            self.config.resource_config, self.resources.get("access_schema"), self.run_dir))
+        with patched_environ(environment):
             self.session = rp.Session(uid=self.run_id, cfg=cfg)
             self.mark("session")
             self.pmgr = rp.PilotManager(session=self.session)
@@ -144,11 +152,16 @@ class PilotRun:
             )
             self.tmgr.add_pilots(self.pilot)
         self.mark("pilot_submitted")
+        self.watch.start()
+        if not self.local and self.raptor_config is not None:
+            # raptor holds its carved-out cores from the start (executables get the rest)
+            self.raptor.master(self.pilot)
 
     def wait_active(self, timeout: float | None) -> None:
-        state = self.pilot.wait([rp.PMGR_ACTIVE, *rp.FINAL], timeout)
-        if state != rp.PMGR_ACTIVE:
-            raise self.pilot_error or self.pilot_lost(state)
+        if not self.watch.wait_active(timeout):
+            raise BackendError(
+                f"RADICAL-Pilot pilot {self.pilot.uid} on {self.resources['resource']} is not "
+                f"active after {timeout} s: {self.watch.status()}", BACKEND_TYPE)
 
     # ----------------------------------------------------------------- tasks
     def register(self, backend: RadicalPilotBackend, uid: str, function: bool) -> str:
@@ -158,7 +171,17 @@ class PilotRun:
             self.backends.add(backend)
         return rp_uid
 
+    def attach(self, backend: RadicalPilotBackend) -> None:
+        """`backend` uses this run: it hears the pilot's notices and breaks with it."""
+        with self.lock:
+            self.backends.add(backend)
+            error = self.pilot_error
+        self.watch.attach(backend.notices)
+        if error is not None:
+            backend._break(error)
+
     def forget(self, backend: RadicalPilotBackend) -> None:
+        self.watch.detach(backend.notices)
         with self.lock:
             self.backends.discard(backend)
             for rp_uid in [k for k, v in self.tasks.items() if v[0] is backend]:
@@ -240,22 +263,18 @@ class PilotRun:
         return None if self.pilot is None else ru.Url(self.pilot.pilot_sandbox).path
 
     def pilot_lost(self, state: str | None) -> BackendError:
-        runtime = self.resources.get("runtime")
-        reason = ""
-        with contextlib.suppress(Exception):
-            reason = (self.pilot.stderr or "").strip()[-500:]
-        hint = (
-            f"it ran out of its runtime of {runtime} min (resources={{'runtime': ...}})"
-            if state == rp.DONE
-            else f"see the pilot's logs in {self.pilot_sandbox or 'its sandbox'}"
-        )
-        return BackendError(
-            f"RADICAL-Pilot pilot {getattr(self.pilot, 'uid', '?')} on "
-            f"{self.resources['resource']} ended in state {state}: {hint}; its unfinished "
-            f"tasks failed" + (f"\n{reason}" if reason else ""),
-            BACKEND_TYPE,
-            details={"pilot_state": state},
-        )
+        return pilot_lost(self, state)
+
+    def break_all(self, error: BackendError) -> None:
+        """The pilot cannot run tasks: every attached backend breaks (their tasks fail)."""
+        with self.lock:
+            if self.pilot_error is not None:
+                return
+            self.pilot_error = error
+            backends = list(self.backends)
+        self.watch.failed(error)
+        for backend in backends:
+            backend._break(error)
 
     def fail_tasks(self, error: BackendError, functions_only: bool = False) -> None:
         with self.lock:
@@ -274,13 +293,9 @@ class PilotRun:
             state = state or pilot.state
             if state == rp.PMGR_ACTIVE:
                 self.mark("pilot_active")
-            if state not in rp.FINAL or self.closing or self.pilot_error is not None:
-                return
-            self.pilot_error = self.pilot_lost(state)
-            with self.lock:
-                backends = list(self.backends)
-            for backend in backends:
-                backend._break(self.pilot_error)
+            if state in rp.FINAL and not self.closing and not self.watch.watching():
+                self.break_all(self.pilot_lost(state))
+            self.watch.on_pilot_state(state)  # a watched batch job: the watch tells why
         except Exception:
             logger.exception("radical_pilot: failed to handle pilot state %s", state)
 
@@ -292,6 +307,7 @@ class PilotRun:
         self.closing = True
         self.closed = True
         t0 = time.monotonic()
+        self.watch.stop()
         if self.session is not None:
             closer = threading.Thread(target=self._close_session, daemon=True, name="rp-close")
             closer.start()
@@ -303,9 +319,11 @@ class PilotRun:
             reaped = reap_run(self.run_id)
             if reaped:
                 logger.debug("radical_pilot: reaped %d leftover processes", reaped)
+        self.watch.cancel_job()  # a job RP's close left (or a close that timed out)
         self.guard.close()
         _live_runs.pop(self.run_id, None)
         self.timings["close"] = round(time.monotonic() - t0, 3)
+        remove_session_sandbox(self.pilot, keep=self.keep_sandbox)
         if not self.keep_sandbox:
             shutil.rmtree(self.run_dir, ignore_errors=True)
             if self.default_work_dir:  # leave no empty ./.rhapsody behind
