@@ -277,7 +277,7 @@ CASES = [
     pytest.param("concurrent", {"max_workers": 2, "executor": "process"}, 4.0, 180.0,
                  id="concurrent-process"),
     pytest.param("dask", {"resources": {"threads": 2}}, 4.0, 240.0, id="dask",
-                 marks=[pytest.mark.dask, XFAIL_STAGED]),
+                 marks=[pytest.mark.dask]),
     # A local pilot starts in 20-45 s on a quiet machine, 90 s and more on a loaded one.
     pytest.param("radical_pilot", {}, 8.0, 780.0, id="radical_pilot",
                  marks=[pytest.mark.radical_pilot, pytest.mark.timeout(900), XFAIL_STAGED]),

@@ -15,6 +15,10 @@
     backend = rhapsody.get_backend("dask", address="tcp://10.0.0.5:8786")
     backend = rhapsody.get_backend("dask", cluster=SLURMCluster(...), adapt_kwargs={"maximum": 20})
 
+    # A started cluster has no dashboard unless asked for (True: 127.0.0.1, a free
+    # port; or an address); everything it serves stays on loopback; the link is logged:
+    backend = rhapsody.get_backend("dask", dashboard=True)
+
     # A cluster class the backend starts and closes (the DaskTaskRunner shapes):
     backend = rhapsody.get_backend(
         "dask",
@@ -37,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import logging
 import os
 import shlex
@@ -54,7 +59,7 @@ from ...core.constants import BackendType, TaskState
 from ...core.engine import ExecutionBackend
 from ...core.exceptions import BackendError
 from ...core.tasks import TaskDict
-from .options import DaskOptions, load_cluster_class
+from .options import DaskOptions, load_cluster_class, network_kwargs
 from .worker_resources import WorkerResources
 
 logger = logging.getLogger("rhapsody_prefect.backends.dask")
@@ -99,6 +104,7 @@ class DaskBackend(ExecutionBackend):
         self.client_kwargs = checked.client_kwargs
         self.resource_names = checked.resource_names
         self.log_level = checked.log_level
+        self.dashboard = checked.dashboard
         self._saved_log_level: int | None = None
         self._saved_env: str | None = None
         self._worker_resources = WorkerResources(checked.resource_names)
@@ -118,6 +124,13 @@ class DaskBackend(ExecutionBackend):
         self._client = await asyncio.to_thread(self._connect)
         self._client.subscribe_topic(self._topic, self._on_event)
         self._guard_own_workers()
+        if self._own_cluster is not None and self.dashboard is not False:
+            link = self._client.dashboard_link
+            if isinstance(self.dashboard, str) and not _on_loopback(self.dashboard):
+                logger.warning("Dask dashboard: %s, on %s: anyone who can reach this machine "
+                               "can open it%s", link, self.dashboard, _bokeh_hint())
+            else:
+                logger.info("Dask dashboard: %s%s", link, _bokeh_hint())
 
     def _connect(self) -> Client:
         """Create (or reach) the cluster and a client; runs in a worker thread."""
@@ -137,7 +150,7 @@ class DaskBackend(ExecutionBackend):
         self._saved_env = os.environ.get(LOG_ENV)
         if self._saved_env is None:
             os.environ[LOG_ENV] = logging.getLevelName(self.log_level).lower()
-        kwargs = dict(self.cluster_kwargs)
+        kwargs = network_kwargs(cluster_class, self.cluster_kwargs, self.dashboard)
         if cluster_class is distributed.LocalCluster:
             kwargs.setdefault("silence_logs", self.log_level)
         cluster = cluster_class(**kwargs)
@@ -351,8 +364,21 @@ class DaskBackend(ExecutionBackend):
 
     @property
     def dashboard_link(self) -> str | None:
-        return getattr(self._client, "dashboard_link", None) if self._client else None
+        """The dashboard's URL; None before start, and when a started cluster has none."""
+        if self._client is None or (self._own_cluster is not None and self.dashboard is False):
+            return None
+        return getattr(self._client, "dashboard_link", None)
 
+
+def _on_loopback(address: str) -> bool:
+    host = address.rsplit(":", 1)[0].strip("[]")
+    return host in ("127.0.0.1", "localhost", "::1")
+
+
+def _bokeh_hint() -> str:
+    if importlib.util.find_spec("bokeh") is None:
+        return " (its pages need bokeh: pip install 'bokeh>=3.1')"
+    return ""
 
 
 __all__ = ["DASK_STATES", "DaskBackend", "SchedulerLost", "WorkerLost"]

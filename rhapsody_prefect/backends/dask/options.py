@@ -6,6 +6,8 @@
 
 `resources=` sizes a cluster the backend starts (`CLUSTER_SIZE_KEYS`); `address=`
 and `cluster=` name the user's own cluster, which the backend never sizes or closes.
+`dashboard=` says whether (and where) a cluster the backend starts serves its
+dashboard; `network_kwargs` keeps everything else it serves on loopback.
 """
 
 from __future__ import annotations
@@ -29,8 +31,12 @@ DEFAULT_RESOURCE_NAMES: Mapping[str, tuple[str, ...]] = {
 }
 OPTIONS = (
     "resources", "address", "cluster", "cluster_class", "cluster_kwargs", "adapt_kwargs",
-    "client_kwargs", "resource_names", "log_level",
+    "client_kwargs", "resource_names", "log_level", "dashboard",
 )
+#: Where a cluster the backend starts serves HTTP: loopback, a free port. Dask's
+#: scheduler always runs an HTTP server (health, Prometheus metrics, info pages; the
+#: dashboard when on); Dask's default ":8787" listens on every interface.
+LOOPBACK_HTTP = "127.0.0.1:0"
 
 
 @dataclasses.dataclass
@@ -44,6 +50,9 @@ class DaskOptions:
     resource_names: dict[str, str]
     #: Level of Dask's own loggers while the backend runs a cluster it started.
     log_level: int = logging.WARNING
+    #: A cluster the backend starts: False (no dashboard; Dask's HTTP on loopback),
+    #: True (dashboard on 127.0.0.1, a free port) or an address ("0.0.0.0:8787").
+    dashboard: bool | str = False
 
     @classmethod
     def check(
@@ -58,6 +67,7 @@ class DaskOptions:
         client_kwargs: Mapping[str, Any] | None = None,
         resource_names: Mapping[str, str] | None = None,
         log_level: int | str = logging.WARNING,
+        dashboard: bool | str = False,
         **unknown: Any,
     ) -> DaskOptions:
         """The options, checked; ConfigurationError names the first bad one."""
@@ -87,6 +97,7 @@ class DaskOptions:
                         f"combined with {given}=",
                         config_key=key,
                     )
+        _check_dashboard(dashboard, address, cluster, cluster_kwargs)
         if address is not None and adapt_kwargs:
             raise ConfigurationError(
                 "adapt_kwargs needs a cluster object; with address= scale the cluster yourself",
@@ -116,6 +127,7 @@ class DaskOptions:
             )
         return cls(
             log_level=level,
+            dashboard=dashboard,
             address=address,
             cluster=cluster,
             # Imported here, where the backend is created (the flow's main thread): some
@@ -145,6 +157,66 @@ def _check_cluster_source(address: Any, cluster: Any, cluster_class: Any) -> Non
         )
     if address is not None and cluster is not None:
         raise ConfigurationError("Pass either address or cluster, not both", "cluster")
+
+
+def _check_dashboard(dashboard: Any, address: Any, cluster: Any,
+                     cluster_kwargs: Mapping[str, Any] | None) -> None:
+    if not isinstance(dashboard, (bool, str)) or dashboard == "":
+        raise ConfigurationError(
+            "dashboard must be True, False or an address such as '127.0.0.1:8787', "
+            f"got {dashboard!r}",
+            config_key="dashboard",
+        )
+    if dashboard is False:
+        return
+    if address is not None or cluster is not None:
+        raise ConfigurationError(
+            "dashboard configures a cluster the backend starts; a cluster you pass "
+            "(address=, cluster=) keeps its own dashboard",
+            config_key="dashboard",
+        )
+    given = dict(cluster_kwargs or {})
+    if "dashboard_address" in given or "dashboard_address" in dict(
+        given.get("scheduler_options") or {}
+    ):
+        raise ConfigurationError(
+            "Pass the dashboard address either as dashboard= or in cluster_kwargs, not both",
+            config_key="dashboard",
+        )
+
+
+def network_kwargs(cluster_class: type, kwargs: Mapping[str, Any],
+                   dashboard: bool | str) -> dict[str, Any]:
+    """Cluster kwargs with the dashboard off or where asked, Dask's HTTP on loopback.
+
+    Only fills in what cluster_kwargs leave unset. Knows LocalCluster (and subclasses)
+    and dask-jobqueue's clusters; other classes are started as given.
+    """
+    import distributed
+
+    result = dict(kwargs)
+    address = dashboard if isinstance(dashboard, str) else LOOPBACK_HTTP
+    if issubclass(cluster_class, distributed.LocalCluster):
+        if "dashboard_address" not in result:
+            if dashboard is False:
+                # No dashboard; the scheduler's HTTP server (health, metrics) on loopback.
+                result["dashboard_address"] = None
+                scheduler_kwargs = dict(result.get("scheduler_kwargs") or {})
+                scheduler_kwargs.setdefault("dashboard_address", LOOPBACK_HTTP)
+                result["scheduler_kwargs"] = scheduler_kwargs
+            else:
+                result["dashboard_address"] = address
+        if result.get("processes") is False:
+            # In-process workers' HTTP servers listen on every interface otherwise.
+            result.setdefault("worker_dashboard_address", LOOPBACK_HTTP)
+    elif any(c.__module__.startswith("dask_jobqueue.") for c in cluster_class.__mro__):
+        # The scheduler runs in this process; its dashboard defaults to ":8787".
+        options = dict(result.get("scheduler_options") or {})
+        options.setdefault("dashboard_address", address)
+        if dashboard is False:
+            options.setdefault("dashboard", False)
+        result["scheduler_options"] = options
+    return result
 
 
 def cluster_size(resources: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -217,7 +289,9 @@ def load_cluster_class(cluster_class: str | type | None) -> type:
 __all__ = [
     "CLUSTER_SIZE_KEYS",
     "DEFAULT_RESOURCE_NAMES",
+    "LOOPBACK_HTTP",
     "DaskOptions",
     "cluster_size",
     "load_cluster_class",
+    "network_kwargs",
 ]
