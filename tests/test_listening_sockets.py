@@ -20,10 +20,9 @@ any address other than 127.0.0.1 and ::1 that the case did not configure. The
 dask case that configures its dashboard on 0.0.0.0 checks that an explicit
 setting is allowed (and seen).
 
-The dask and radical_pilot defaults fail today (dashboard on 0.0.0.0:8787, RP's
-ZMQ bridges on 0.0.0.0): they are strict xfails (`raises=ExposedSockets`, so a flow
-that fails or hangs still fails them) until the fixes staged in `.staging/network/`
-are integrated; then remove `XFAIL_STAGED` from them. `-rA` prints what each case saw.
+Before the fixes the dask and radical_pilot cases failed (a started cluster's
+dashboard on 0.0.0.0:8787, RP's ZMQ bridges on 0.0.0.0); `-rA` prints what each
+case saw.
 """
 
 from __future__ import annotations
@@ -268,9 +267,6 @@ def check_listeners(run: ProbeRun, allowed: set[tuple[str, int]] = frozenset()) 
 
 
 # ---------------------------------------------------------------------- cases
-XFAIL_STAGED = pytest.mark.xfail(strict=True, raises=ExposedSockets,
-                                 reason="fix staged in .staging/network")
-
 CASES = [
     pytest.param("concurrent", {"max_workers": 2, "executor": "thread"}, 4.0, 180.0,
                  id="concurrent-thread"),
@@ -280,7 +276,7 @@ CASES = [
                  marks=[pytest.mark.dask]),
     # A local pilot starts in 20-45 s on a quiet machine, 90 s and more on a loaded one.
     pytest.param("radical_pilot", {}, 8.0, 780.0, id="radical_pilot",
-                 marks=[pytest.mark.radical_pilot, pytest.mark.timeout(900), XFAIL_STAGED]),
+                 marks=[pytest.mark.radical_pilot, pytest.mark.timeout(900)]),
 ]
 
 

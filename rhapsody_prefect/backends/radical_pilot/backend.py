@@ -83,6 +83,10 @@ class RadicalPilotBackend(ExecutionBackend):
             resource they are carved out of the pilot (see `config.PilotShape`).
         resource_config: a RADICAL-Pilot resource config entry for `resources['resource']`
             (as in `resource_<site>.json`), so a flow file can be self-contained.
+        pending_timeout: seconds the pilot's batch job may wait in the queue before the
+            backend cancels it and fails its tasks (default a day); a job pending for a
+            reason that cannot clear (e.g. Slurm's PartitionConfig) is given up at once.
+            While it waits, `notices` tells why (see `lifecycle`).
         shared: share one session and pilot with every other `shared=True` backend of
             the same configuration in this process: the first one starts it,
             `terminate()` only detaches, and the pilot is closed by

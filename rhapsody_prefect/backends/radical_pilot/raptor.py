@@ -50,6 +50,8 @@ class Raptor:
         self._master: Any = None
         self.workers: list[Any] = []
         self._lock = threading.Lock()
+        #: Set by the run on a local pilot: the wrapped raptor executables.
+        self.loopback: Any = None
 
     def master(self, pilot: Any) -> Any:
         """Blocking: the raptor master, started with its workers on first use."""
@@ -72,8 +74,14 @@ class Raptor:
         master_uid = f"raptor.{self.run_id}"
         worker_uids = [f"{master_uid}.worker.{i}" for i in range(config["workers"])]
         self.uids.update([master_uid, *worker_uids])
+        # On a local pilot, RP's raptor executables wrapped to listen on 127.0.0.1.
+        master_exe, worker_exe = (
+            {"executable": self.loopback.executable(f"radical-pilot-raptor-{role}")}
+            if self.loopback is not None else {}
+            for role in ("master", "worker")
+        )
         master = pilot.submit_raptors([rp.TaskDescription({
-            "uid": master_uid, "mode": rp.RAPTOR_MASTER,
+            "uid": master_uid, "mode": rp.RAPTOR_MASTER, **master_exe,
             "ranks": 1, "cores_per_rank": 1, "environment": dict(environment),
         })])[0]
         worker_class: dict[str, str] = {"raptor_class": "DefaultWorker"}
@@ -82,7 +90,7 @@ class Raptor:
                             "raptor_file": str(Path(raptor_worker.__file__))}
         self.workers = master.submit_workers([
             rp.TaskDescription({
-                **worker_class, "uid": uid, "mode": rp.RAPTOR_WORKER,
+                **worker_class, **worker_exe, "uid": uid, "mode": rp.RAPTOR_WORKER,
                 "ranks": 1, "cores_per_rank": config["cores_per_worker"],
                 "gpus_per_rank": config["gpus_per_worker"], "environment": dict(environment),
             })

@@ -30,9 +30,11 @@ from typing import TYPE_CHECKING, Any
 from ...core.constants import TaskState
 from ...core.exceptions import BackendError, ConfigurationError
 from ...core.guard import Guard
+from . import loopback
 from .batch_job import launcher_environment
 from .config import PilotConfig, pilot_description, run_resource_entry
 from .lifecycle import PilotWatch, pilot_lost, remove_session_sandbox
+from .loopback_wrappers import Loopback, for_local_run
 from .processes import (
     availability,
     helpers_missing,
@@ -89,6 +91,8 @@ class PilotRun:
         self.pilot: Any = None
         self.tmgr: Any = None
         self.raptor = Raptor(config.raptor, self.run_id, self.run_dir, self.local, self.mark)
+        self.loopback: Loopback | None = None
+        self.loopback_installed = False
         self.pilot_error: BackendError | None = None
         #: The pilot's batch job and its life, told to the attached backends' notices.
         self.watch = PilotWatch(self, config.pending_timeout)
@@ -128,16 +132,23 @@ class PilotRun:
                 logger.warning("Killed %d RADICAL-Pilot processes left by dead clients", reaped)
         for sub in ("tmp", "base", "client", "cancelled"):
             (self.run_dir / sub).mkdir(parents=True, exist_ok=True)
-        write_run_configs(self.run_dir, self.resources["resource"],
-                          run_resource_entry(self.config, self.run_dir))
-        _live_runs[self.run_id] = self
-        self.guard.on_death(reap_argv(self.run_id))
-        cfg = {"base": str(self.run_dir), "path": str(self.run_dir / "client"),
-               "client_sandbox": str(self.run_dir / "client")}
         environment = run_environment(self.run_id, self.run_dir, self.local)
         environment["TMPDIR"] = str(self.run_dir / "tmp")  # RP's rp.agent_cfg.* files
         environment.update(launcher_environment(   # psij's ~/.psij, in the run dir
             self.config.resource_config, self.resources.get("access_schema"), self.run_dir))
+        entry = run_resource_entry(self.config, self.run_dir)
+        if self.local:  # RP's endpoints on 127.0.0.1 only (docs/network.md)
+            self.loopback, entry = for_local_run(
+                self.run_dir, entry or self.config.resource_config, environment)
+            self.raptor.loopback = self.loopback
+        write_run_configs(self.run_dir, self.resources["resource"], entry)
+        _live_runs[self.run_id] = self
+        self.guard.on_death(reap_argv(self.run_id))
+        cfg = {"base": str(self.run_dir), "path": str(self.run_dir / "client"),
+               "client_sandbox": str(self.run_dir / "client")}
+        if self.loopback is not None:
+            loopback.install()  # this process and what it forks: registry, proxy, pipes
+            self.loopback_installed = True
         with patched_environ(environment):
             self.session = rp.Session(uid=self.run_id, cfg=cfg)
             self.mark("session")
@@ -322,6 +333,11 @@ class PilotRun:
         self.watch.cancel_job()  # a job RP's close left (or a close that timed out)
         self.guard.close()
         _live_runs.pop(self.run_id, None)
+        if self.loopback_installed:
+            self.loopback_installed = False
+            loopback.uninstall()
+        if self.loopback is not None:
+            self.loopback.close()
         self.timings["close"] = round(time.monotonic() - t0, 3)
         remove_session_sandbox(self.pilot, keep=self.keep_sandbox)
         if not self.keep_sandbox:

@@ -1,0 +1,351 @@
+"""Keep RADICAL-Pilot's ZMQ endpoints on loopback for a pilot on this machine.
+
+RADICAL-Pilot (RP) has no setting for the address its ZMQ endpoints bind to.
+In radical.utils 1.103 every endpoint binds all interfaces:
+
+* `radical.utils.zmq.utils.zmq_bind` binds `tcp://*:<port>` (imported by name
+  into `zmq.pubsub`, `zmq.queue` and `zmq.pipe`): every PubSub/Queue bridge and
+  every Pipe without a URL;
+* `radical.utils.zmq.server.Server` binds `tcp://*:10000-11000` by default
+  (RP's session registry, the agent's registry and service endpoint, the raptor
+  master's task service) and RP's `Proxy` passes `tcp://*:10000+`;
+* the agent's command port binds `ru.get_hostip()`, the first non-loopback
+  interface unless RU's `iface` setting (`RADICAL_DEFAULT_IFACE`) names another.
+
+Those binds happen in the client process (registry, proxy, component-manager
+pipes), in processes it forks (the proxy's per-session bridges), and in
+processes RP *executes by name from PATH*: `radical-pilot-bridge`,
+`radical-pilot-component`, `radical-pilot-agent_0` (from the pilot's
+`bootstrap_0.sh`), `radical-pilot-raptor-master`/`-worker` (as tasks). Bridges
+daemonize (their parent becomes pid 1). A patch in the client process reaches
+only the first two groups. This module reaches all of them:
+
+1. `install()` replaces the two bind points in *this* process (and what it
+   forks) with loopback binds that advertise 127.0.0.1. Reference-counted:
+   `uninstall()` restores RU's functions when the last user is done.
+2. `loopback_wrappers.Loopback(directory)` writes small wrapper executables, one per RP helper,
+   that install the same patch and then run the original helper script
+   (`runpy`), and a shell hook for the pilot's `bootstrap_0.sh`.
+   `Loopback.environment()` puts the wrappers first on `PATH` (RP starts its
+   helpers by name) and sets `RADICAL_DEFAULT_IFACE` to the loopback interface
+   (RP forwards every `RADICAL_*` variable to the pilot job, so the agent's
+   advertised address and command port are loopback too).
+   `Loopback.pre_bootstrap()` is the resource-config entry that makes the
+   agent's bootstrap start the wrapped `radical-pilot-agent_0` (the bootstrap
+   activates the virtualenv, which puts the venv's `bin` before any PATH the
+   client set). `Loopback.executable(name)` is the wrapped raptor master and
+   worker for their task descriptions (RP activates the `rp` named env for
+   tasks, so PATH alone does not reach them).
+
+Only for a pilot on this machine (`local.*`): compute nodes of a batch system
+must reach the client's proxy and cannot use loopback. `check()` refuses any
+radical.utils / radical.pilot whose shape differs from the one validated here
+(version series and the exact code of every replaced function), so an upgrade
+fails loudly instead of silently binding all interfaces again.
+
+Usage (what the radical_pilot backend does for a local pilot)::
+
+    from rhapsody_prefect.backends.radical_pilot import loopback, loopback_wrappers
+
+    loopback.check()                          # LoopbackUnsupported if RU/RP changed
+    wrappers = loopback_wrappers.Loopback(run_dir / "loopback")
+    resource_cfg["localhost"]["pre_bootstrap_0"] = wrappers.pre_bootstrap()
+    loopback.install()                        # this process: registry, proxy, pipes
+    try:
+        with patched_environ(wrappers.environment()):    # RP's helpers inherit it
+            session = rp.Session(...)
+            ...                                  # pmgr, tmgr, submit_pilots
+        master = pilot.submit_raptors([rp.TaskDescription({
+            "mode": rp.RAPTOR_MASTER,
+            "executable": wrappers.executable("radical-pilot-raptor-master"), ...})])[0]
+        master.submit_workers([rp.TaskDescription({
+            "mode": rp.RAPTOR_WORKER,
+            "executable": wrappers.executable("radical-pilot-raptor-worker"), ...})])
+        ...
+    finally:
+        session.close(terminate=True)
+        loopback.uninstall()
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib
+import importlib.metadata
+import importlib.util
+import inspect
+import os
+import runpy
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+#: The only address RP's endpoints bind to (and advertise) once installed.
+LOOPBACK = "127.0.0.1"
+#: radical.utils / radical.pilot release series this remedy was validated against.
+SUPPORTED_SERIES = {"radical.utils": ("1.103",), "radical.pilot": ("1.103",)}
+#: sha256 of `inspect.getsource(radical.utils.zmq.utils.zmq_bind)` in the
+#: validated releases: the function replaced in full. Any change fails `check()`.
+ZMQ_BIND_SHA256 = frozenset({
+    "8255f6c2cd299cb4bbf907dd5ed53e653763f18d79cea2339b98b63139af8c18",  # radical.utils 1.103.1
+})
+#: RP helper executables RP starts by name; each gets a wrapper.
+HELPERS = (
+    "radical-pilot-bridge",
+    "radical-pilot-component",
+    "radical-pilot-agent_0",
+    "radical-pilot-agent_n",
+    "radical-pilot-raptor-master",
+    "radical-pilot-raptor-worker",
+)
+#: Modules that import `zmq_bind` by name (so each binding must be replaced).
+_ZMQ_BIND_USERS = (
+    "radical.utils.zmq.utils",
+    "radical.utils.zmq.pubsub",
+    "radical.utils.zmq.queue",
+    "radical.utils.zmq.pipe",
+)
+_WILDCARDS = ("*", "0.0.0.0", "")
+_BIND_ATTEMPTS = 1000
+
+
+class LoopbackUnsupported(RuntimeError):
+    """The installed radical.utils / radical.pilot is not the shape this remedy patches."""
+
+
+# ------------------------------------------------------------------- the check
+def _series(package: str) -> str:
+    try:
+        version = importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError as error:
+        raise LoopbackUnsupported(f"{package} is not installed") from error
+    if not version.startswith(tuple(f"{s}." for s in SUPPORTED_SERIES[package])):
+        raise LoopbackUnsupported(
+            f"{package} {version} is not a release this loopback remedy was validated "
+            f"against ({', '.join(SUPPORTED_SERIES[package])}.x); its ZMQ endpoints might "
+            "bind all interfaces again. Re-validate rp_loopback (see its docstring) "
+            "before allowing this version."
+        )
+    return version
+
+
+def _source(obj: Any) -> str:
+    try:
+        return inspect.getsource(obj)
+    except (OSError, TypeError) as error:
+        raise LoopbackUnsupported(f"cannot read the source of {obj!r}: {error}") from error
+
+
+def _require(condition: bool, what: str) -> None:
+    if not condition:
+        raise LoopbackUnsupported(
+            f"radical.utils/radical.pilot changed shape: {what}. The loopback remedy "
+            "would not cover every endpoint; re-validate loopback."
+        )
+
+
+def source_sha256(obj: Any) -> str:
+    """sha256 of an object's source (what `ZMQ_BIND_SHA256` holds for `zmq_bind`)."""
+    return hashlib.sha256(_source(obj).encode()).hexdigest()
+
+
+def check() -> dict[str, str]:
+    """Verify the installed RU/RP is the shape patched here; returns their versions.
+
+    Raises LoopbackUnsupported, naming what changed. Imports radical.utils and
+    radical.pilot's bootstrap file path; starts nothing.
+    """
+    versions = {package: _series(package) for package in SUPPORTED_SERIES}
+    zutils = importlib.import_module("radical.utils.zmq.utils")
+    server = importlib.import_module("radical.utils.zmq.server")
+    host = importlib.import_module("radical.utils.host")
+    original = _ORIGINALS.get("zmq_bind", getattr(zutils, "zmq_bind", None))
+    _require(original is not None, "radical.utils.zmq.utils.zmq_bind is gone")
+    _require(source_sha256(original) in ZMQ_BIND_SHA256,
+             "radical.utils.zmq.utils.zmq_bind is not the validated code "
+             f"(sha256 {source_sha256(original)})")
+    for name in _ZMQ_BIND_USERS:
+        module = importlib.import_module(name)
+        bound = getattr(module, "zmq_bind", None)
+        _require(bound is original or getattr(bound, "_rhapsody_loopback", False),
+                 f"{name}.zmq_bind is not radical.utils.zmq.utils.zmq_bind")
+    init = _source(_ORIGINALS.get("Server.__init__", server.Server.__init__))
+    _require("'tcp://*:10000-11000'" in init and "self._iface = tmp[1].lstrip('/')" in init,
+             "radical.utils.zmq.Server.__init__ no longer parses its URL into self._iface")
+    _require("'%s://%s:%s' % (self._proto, self._iface, port)"
+             in _source(server.Server._iterate_urls),
+             "radical.utils.zmq.Server._iterate_urls no longer binds self._iface")
+    work = _source(server.Server._work)
+    _require("self._sock.bind(url)" in work and "addr.host  = get_hostip()" in work,
+             "radical.utils.zmq.Server._work no longer binds _iterate_urls / advertises "
+             "get_hostip()")
+    _require("DefaultConfig().get('iface')" in _source(host.get_hostip),
+             "radical.utils.get_hostip no longer reads the iface setting")
+    defaults = Path(host.__file__).with_name("configs") / "utils_default.json"
+    _require("${RADICAL_DEFAULT_IFACE}" in defaults.read_text(),
+             f"{defaults} no longer maps RADICAL_DEFAULT_IFACE to iface")
+    pilot_dir = Path(importlib.util.find_spec("radical.pilot").origin).parent
+    bootstrap = (pilot_dir / "agent" / "bootstrap_0.sh").read_text()
+    _require('$LAUNCHER radical-pilot-agent_0 "$$"' in bootstrap,
+             "bootstrap_0.sh no longer starts radical-pilot-agent_0 by name")
+    _require('eval "$cmd"' in bootstrap and "pre_bootstrap_0()" in bootstrap,
+             "bootstrap_0.sh no longer evaluates pre_bootstrap_0 commands in its shell")
+    launching = (pilot_dir / "pmgr" / "launching" / "base.py").read_text()
+    _require("jd_dict.executable            = '/bin/bash'" in launching,
+             "the pilot job no longer runs bootstrap_0.sh with bash")
+    _require("if k.startswith('RADICAL_'):" in launching,
+             "RP no longer forwards RADICAL_* variables to the pilot job")
+    agent0 = (pilot_dir / "agent" / "agent_0.py").read_text()
+    _require("hostip = ru.get_hostip()" in agent0 and "sock.bind((hostip, port))" in agent0,
+             "the agent's command port no longer binds ru.get_hostip()")
+    return versions
+
+
+# ------------------------------------------------------------ in-process patch
+_lock = threading.Lock()
+_installs = 0
+_ORIGINALS: dict[str, Any] = {}
+
+
+def _loopback_zmq_bind(sock: Any) -> Any:
+    """`zmq_bind` on 127.0.0.1: RU's port choice, loopback interface, loopback address."""
+    import zmq
+    from radical.utils.misc import as_string, find_port
+    from radical.utils.url import Url
+
+    for _ in range(_BIND_ATTEMPTS):
+        port = find_port()
+        if port is None:
+            break
+        try:
+            sock.bind(f"tcp://{LOOPBACK}:{port}")
+        except zmq.ZMQError as error:
+            if error.errno == zmq.EADDRINUSE:
+                continue  # taken between find_port() and bind(): try the next one
+            raise
+        return Url(as_string(sock.getsockopt(zmq.LAST_ENDPOINT)))
+    raise RuntimeError(f"could not bind a ZMQ socket to any port on {LOOPBACK}")
+
+
+_loopback_zmq_bind._rhapsody_loopback = True  # type: ignore[attr-defined]
+
+
+def _wrap_server_init(original: Callable[..., None]) -> Callable[..., None]:
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        if self._iface in _WILDCARDS:
+            self._iface = LOOPBACK
+        elif self._iface != LOOPBACK:
+            raise LoopbackUnsupported(
+                f"ru.zmq.Server {self._uid} asked for interface {self._iface!r} while "
+                "rp_loopback is installed (everything binds and advertises "
+                f"{LOOPBACK})"
+            )
+
+    __init__._rhapsody_loopback = True  # type: ignore[attr-defined]
+    return __init__
+
+
+def _loopback_hostip(*_args: Any, **_kwargs: Any) -> str:
+    return LOOPBACK
+
+
+_loopback_hostip._rhapsody_loopback = True  # type: ignore[attr-defined]
+
+
+def install() -> None:
+    """Bind (and advertise) RU's ZMQ endpoints created in this process on 127.0.0.1.
+
+    Covers this process and every process it forks afterwards. Reference-counted;
+    call `uninstall()` once per `install()`. Runs `check()` first.
+    """
+    global _installs
+    with _lock:
+        if _installs == 0:
+            check()
+            zutils = importlib.import_module("radical.utils.zmq.utils")
+            server = importlib.import_module("radical.utils.zmq.server")
+            _ORIGINALS["zmq_bind"] = zutils.zmq_bind
+            _ORIGINALS["Server.__init__"] = server.Server.__init__
+            _ORIGINALS["server.get_hostip"] = server.get_hostip
+            for name in _ZMQ_BIND_USERS:
+                importlib.import_module(name).zmq_bind = _loopback_zmq_bind
+            server.Server.__init__ = _wrap_server_init(_ORIGINALS["Server.__init__"])
+            server.get_hostip = _loopback_hostip
+        _installs += 1
+
+
+def uninstall() -> None:
+    """Undo one `install()`; the last one restores radical.utils' own functions."""
+    global _installs
+    with _lock:
+        if _installs == 0:
+            return
+        _installs -= 1
+        if _installs:
+            return
+        server = importlib.import_module("radical.utils.zmq.server")
+        for name in _ZMQ_BIND_USERS:
+            importlib.import_module(name).zmq_bind = _ORIGINALS["zmq_bind"]
+        server.Server.__init__ = _ORIGINALS["Server.__init__"]
+        server.get_hostip = _ORIGINALS["server.get_hostip"]
+        _ORIGINALS.clear()
+
+
+def is_installed() -> bool:
+    return _installs > 0
+
+
+@contextlib.contextmanager
+def installed() -> Iterator[None]:
+    """`install()` for the duration of a `with` block."""
+    install()
+    try:
+        yield
+    finally:
+        uninstall()
+
+
+def loopback_interface() -> str:
+    """The name of the interface holding 127.0.0.1 (`lo` on Linux, `lo0` on macOS)."""
+    import netifaces  # a radical.utils dependency
+
+    for name in netifaces.interfaces():
+        for entry in netifaces.ifaddresses(name).get(netifaces.AF_INET, []):
+            if entry.get("addr") == LOOPBACK:
+                return str(name)
+    raise LoopbackUnsupported(f"no network interface holds {LOOPBACK}")
+
+
+# -------------------------------------------------------- RP's own processes
+def run_wrapped(original: str, directory: str, iface: str) -> None:
+    """Body of a wrapper executable: patch this process, then run RP's helper script."""
+    path = os.environ.get("PATH", "")
+    if path.split(os.pathsep)[0] != directory:
+        os.environ["PATH"] = os.pathsep.join([directory, path]) if path else directory
+    os.environ["RADICAL_DEFAULT_IFACE"] = iface  # before radical.utils reads its config
+    try:
+        install()
+    except LoopbackUnsupported as error:
+        sys.stderr.write(f"rp_loopback: refusing to run {original}: {error}\n")
+        raise SystemExit(3) from error
+    sys.argv[0] = original
+    runpy.run_path(original, run_name="__main__")
+
+
+__all__ = [
+    "HELPERS",
+    "LOOPBACK",
+    "LoopbackUnsupported",
+    "check",
+    "install",
+    "installed",
+    "is_installed",
+    "loopback_interface",
+    "run_wrapped",
+    "source_sha256",
+    "uninstall",
+]
