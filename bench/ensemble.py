@@ -32,6 +32,8 @@ from bench.report import markdown_table, summarize, text_table
 
 MARKER = "ENSEMBLE-RESULT "
 SECTION = Path(__file__).resolve().parent / "ensemble_section.md"
+#: Hand-written findings, included at the end of the section.
+FINDINGS = Path(__file__).resolve().parent / "ensemble_findings.md"
 BEGIN, END = "<!-- ensemble_map: begin -->", "<!-- ensemble_map: end -->"
 RP_CORES = 2
 Group = tuple[str, str, int, tuple[str, ...]]  # family, workload, n, rows
@@ -164,7 +166,7 @@ def memory_rows(results: list[dict[str, Any]], settings: dict[str, Any]) -> list
     """Flow side per member (ensembles at `large`) and while sleeping members run."""
     rows = []
     for r in results:
-        if "seconds" not in r:
+        if "seconds" not in r or "rss_peak" not in r:
             continue
         n, grown = r["n"], (r.get("rss_peak", 0) - r.get("rss_base", 0)) / 2**20
         largest = max((x["n"] for x in results if x["row"] == r["row"]), default=0)
@@ -242,6 +244,7 @@ def section(meta: dict[str, Any], ratios: list[list[str]], table: list[list[str]
         "`sleep-ensemble-concurrent` on `max_workers=n` (each command is waited for by one "
         "of the backend's threads, in the flow process); `sleep-threadpool` is "
         "ThreadPoolTaskRunner(max_workers=n) with plain task runs of the same command.",
+        *([FINDINGS.read_text().rstrip()] if FINDINGS.exists() else []),
         END,
         "",
     ])
@@ -328,6 +331,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / "docs")
     parser.add_argument("--only", default="", help="families: concurrent,dask,radical_pilot,sleep")
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--group", action="append", default=[],
+                        help="run only FAMILY:WORKLOAD:N (repeatable)")
+    parser.add_argument("--merge", type=Path, default=None,
+                        help="a results.json of an earlier run: its results are kept, except "
+                             "those of the groups run now")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--from-results", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -342,6 +350,8 @@ def main(argv: list[str] | None = None) -> int:
     groups, settings = plan(args.quick)
     if args.only:
         groups = [g for g in groups if g[0] in args.only.split(",")]
+    if args.group:
+        groups = [g for g in groups if f"{g[0]}:{g[1]}:{g[2]}" in args.group]
     work = Path(tempfile.mkdtemp(prefix="rhapsody-bench-ensemble-"))
     env = base_env(work)
     os.environ.update(env)
@@ -350,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"work dir {work} (child logs: {log})", flush=True)
     results: list[dict[str, Any]] = []
     try:
-        with prefect_server(env, work / "server.log") as api_url:
+        with prefect_server(env, work / "server.log", timeout=900) as api_url:
             env["PREFECT_API_URL"] = os.environ["PREFECT_API_URL"] = api_url
             with dask_cluster() as cluster:
                 for index, (family, workload, n, rows) in enumerate(groups, 1):
@@ -365,6 +375,10 @@ def main(argv: list[str] | None = None) -> int:
                                     "sleep_seconds": settings["sleep_seconds"]}
                             begun = time.monotonic()
                             result = run_child(spec, env, log)
+                            if "Service Unavailable" in result.get("error", ""):
+                                # The server still digests an earlier run's events: wait, retry.
+                                server_settle(api_url, max_seconds=180)
+                                result = run_child(spec, env, log)
                             shutil.rmtree(work_dir, ignore_errors=True)
                             result.update(row=row, workload=workload, n=n, repeat=repeat)
                             results.append(result)
@@ -374,6 +388,13 @@ def main(argv: list[str] | None = None) -> int:
                                   f"[{time.monotonic() - begun:.0f}s wall]", flush=True)
                             server_settle(api_url)
     finally:
+        if args.merge is not None:
+            earlier = json.loads(args.merge.read_text())
+            again = {(g[1], g[2], row) for g in groups for row in g[3]}
+            results = [r for r in earlier["results"]
+                       if (r["workload"], r["n"], r["row"]) not in again] + results
+            measured_at = earlier["meta"]["measured_at"] + f" (some rows {measured_at})"
+            started -= earlier["meta"]["wall"]
         meta = {"quick": args.quick, "settings": settings, "measured_at": measured_at,
                 "wall": time.monotonic() - started,
                 "load": [load_start, " ".join(f"{x:.2f}" for x in os.getloadavg())]}
