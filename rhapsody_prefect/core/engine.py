@@ -46,6 +46,7 @@ logger = logging.getLogger("rhapsody_prefect.backends")
 
 #: Seconds a backend gets to confirm a cancel before the task is marked CANCELED anyway.
 CANCEL_GRACE_SECONDS = 10.0
+CLOSE_WAIT_SECONDS = 10.0  # for the watchdog to exit after terminate() (slow when loaded)
 
 
 @dataclasses.dataclass(eq=False)
@@ -61,10 +62,10 @@ class _Record:
 class ExecutionBackend(BaseExecutionBackend):
     """Shared implementation of the contract; built-in backends subclass this.
 
-    Subclass hooks: `_start`, `_launch`, `_cancel`, `_shutdown`, `_check_task`,
-    `_capacity`, and `slots` (total cores, or None when the backend schedules by itself).
-    Report progress with `_report(uid, state, **results)` from any thread; register
-    what must end if this process dies with `self._guard` (`core/guard.py`).
+    Hooks: `_start`, `_launch`, `_cancel`, `_shutdown`, `_check_task`, `_capacity`, `slots`
+    (total cores, or None when the backend schedules by itself). Report with `_report(uid,
+    state, **results)` from any thread; register what must end if this process dies with
+    `self._guard` (`core/guard.py`).
     """
 
     #: Total cores the backend offers; tasks wait for free slots. None: no limit here.
@@ -216,7 +217,7 @@ class ExecutionBackend(BaseExecutionBackend):
                 await self._shutdown()
             clean = True
         finally:  # after a failed _shutdown the watchdog ends what is still registered
-            self._guard.close(clean)
+            await asyncio.to_thread(self._guard.close, clean, CLOSE_WAIT_SECONDS)
 
     # ------------------------------------------------------------ for subclasses
     def _report(self, uid: str, state: TaskState | str, **results: Any) -> None:

@@ -331,7 +331,7 @@ class PilotRun:
             if reaped:
                 logger.debug("radical_pilot: reaped %d leftover processes", reaped)
         self.watch.cancel_job()  # a job RP's close left (or a close that timed out)
-        self.guard.close()
+        self.guard.close(timeout=10.0)
         _live_runs.pop(self.run_id, None)
         if self.loopback_installed:
             self.loopback_installed = False
