@@ -116,27 +116,42 @@ def measure(args: argparse.Namespace, work: Path, env: dict[str, str], api_url: 
                     "rp_slurm": {"entry": resource_entry(run_dir / "sandboxes"),
                                  "nodes": NODES}}
             started = time.monotonic()
+            load = os.getloadavg()[0]
             result = run_child(spec, env, log)
+            result["load"] = round((load + os.getloadavg()[0]) / 2, 1)
             shutil.rmtree(run_dir, ignore_errors=True)
             result.update(row=row, n=args.n, repeat=repeat)
             results.append(result)
-            shown = (f"{args.n / result['seconds']:.2f} tasks/s, active after "
-                     f"{result.get('active_seconds')} s" if "seconds" in result
-                     else result.get("error"))
+            active = result.get("active_seconds")
+            shown = (f"{args.n / result['seconds']:.2f} tasks/s, pilot active "
+                     f"{active if active is None else round(active, 1)} s after submission"
+                     if "seconds" in result else result.get("error"))
             print(f"  {row:<12} #{repeat + 1}: {shown} [{time.monotonic() - started:.0f} s]",
                   flush=True)
             server_settle(api_url)
 
 
+def paired_ratio(results: list[dict[str, Any]], n: int, ours: str, peer: str) -> list[float]:
+    """ours / peer per repeat: the two ran next to each other (raw RP runs between the
+    others in every repeat), so they saw about the same load on a shared machine."""
+    ratios = []
+    for repeat in sorted({r["repeat"] for r in results}):
+        pair = {r["row"]: r for r in results if r["repeat"] == repeat and "seconds" in r
+                and r.get("completed") == n}
+        if ours in pair and peer in pair:
+            ratios.append(pair[peer]["seconds"] / pair[ours]["seconds"])
+    return ratios
+
+
 def summarize(results: list[dict[str, Any]], n: int) -> dict[str, dict[str, Any]]:
-    summary = {}
+    summary: dict[str, dict[str, Any]] = {}
     for row in ROWS:
         done = [r for r in results if r["row"] == row and "seconds" in r
                 and r.get("completed") == n]
         rates = [n / r["seconds"] for r in done]
         active = [r["active_seconds"] for r in done if r.get("active_seconds") is not None]
         summary[row] = {
-            "runs": len(done), "rates": rates,
+            "runs": len(done), "rates": rates, "loads": [r.get("load") for r in done],
             "rate": statistics.median(rates) if rates else None,
             "active": statistics.median(active) if active else None,
             "active_all": active,
@@ -145,18 +160,18 @@ def summarize(results: list[dict[str, Any]], n: int) -> dict[str, dict[str, Any]
     return summary
 
 
-def section(summary: dict[str, dict[str, Any]], n: int, repeats: int, meta: dict[str, str]
-            ) -> str:
-    def rate(row: str) -> float | None:
-        return summary[row]["rate"]
-
+def section(summary: dict[str, dict[str, Any]], results: list[dict[str, Any]], n: int,
+            repeats: int, meta: dict[str, str]) -> str:
     def ratio(ours: str, peer: str) -> str:
-        a, b = rate(ours), rate(peer)
-        return f"{a / b:.2f}x" if a and b else "n/a"
+        pairs = paired_ratio(results, n, ours, peer)
+        if not pairs:
+            return "n/a"
+        each = ", ".join(f"{p:.2f}" for p in pairs)
+        return f"{statistics.median(pairs):.2f}x (per repeat: {each})"
 
-    ours, raw = rate("rhapsody-rp"), rate("raw-rp")
-    verdict = ("n/a" if not (ours and raw)
-               else "meets" if ours / raw >= 0.9 else "misses")
+    pairs = paired_ratio(results, n, "rhapsody-rp", "raw-rp")
+    verdict = ("n/a" if not pairs
+               else "meets" if statistics.median(pairs) >= 0.9 else "misses")
     lines = [
         BEGIN,
         "## Slurm: executables through a pilot on a real Slurm cluster",
@@ -166,12 +181,14 @@ def section(summary: dict[str, dict[str, Any]], n: int, repeats: int, meta: dict
         "Slurm 22.05, all nodes this machine), one RADICAL-Pilot pilot of both nodes (one "
         f"`sbatch` job, {NODES * CPUS} cores, no raptor) per measurement, from the same inline "
         f"resource config; a warm-up task, then {n} x `/bin/true`, each launched by the agent "
-        f"with `srun`, submitted at once. Median of {repeats} runs per row, rows alternating.",
+        f"with `srun`, submitted at once. {repeats} repeats, rows alternating (raw RP always "
+        "between the other two); a ratio is the median over repeats of the two rows' rates "
+        "in the same repeat, which saw about the same load.",
         "",
         f"**RhapsodyRunner / raw RADICAL-Pilot: {ratio('rhapsody-rp', 'raw-rp')}** "
         f"(target >= 0.9x: {verdict}); RHAPSODY API / raw: {ratio('api-rp', 'raw-rp')}.",
         "",
-        "| row | what | executables/s (median) | runs (tasks/s) "
+        "| row | what | executables/s (median) | runs: tasks/s (load average) "
         "| submit -> pilot active (median) |",
         "|---|---|---|---|---|",
     ]
@@ -180,7 +197,9 @@ def section(summary: dict[str, dict[str, Any]], n: int, repeats: int, meta: dict
             "api-rp": 'RHAPSODY API, `get_backend("radical_pilot")`'}
     for row in ROWS:
         entry = summary[row]
-        runs = ", ".join(f"{r:.2f}" for r in entry["rates"]) or "; ".join(entry["errors"])[:200]
+        runs = ", ".join(f"{r:.2f}" + (f" ({load})" if load is not None else "")
+                         for r, load in zip(entry["rates"], entry["loads"], strict=True))
+        runs = runs or "; ".join(entry["errors"])[:200]
         shown = f"{entry['rate']:.2f}" if entry["rate"] else "-"
         active = f"{entry['active']:.1f} s" if entry["active"] is not None else "-"
         lines.append(f"| `{row}` | {what[row]} | {shown} | {runs} | {active} |")
@@ -217,7 +236,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="runs per row (3)")
     parser.add_argument("--out", type=Path, default=REPO / "docs",
                         help="directory of the benchmarks.md to update (docs/)")
+    parser.add_argument("--from-results", type=Path, default=None, metavar="DIR",
+                        help="write the section from a finished run's results.json and "
+                             "meta.json in DIR (measures nothing)")
     args = parser.parse_args(argv)
+    if args.from_results is not None:
+        results = json.loads((args.from_results / "results.json").read_text())
+        meta = json.loads((args.from_results / "meta.json").read_text())
+        n, repeats = meta.pop("n"), meta.pop("repeats")
+        write_docs(section(summarize(results, n), results, n, repeats, meta), args.out)
+        return 0
     load_start = f"{os.getloadavg()[0]:.1f}"
     measured_at = f"{datetime.datetime.now():%Y-%m-%d %H:%M}"
     work = Path(tempfile.mkdtemp(prefix="rhapsody-slurm-bench-", dir="/tmp"))
@@ -243,7 +271,9 @@ def main(argv: list[str] | None = None) -> int:
     summary = summarize(results, args.n)
     meta = {"measured_at": measured_at,
             "load": f"{load_start} at start, {os.getloadavg()[0]:.1f} at end"}
-    text = section(summary, args.n, args.repeats, meta)
+    (work / "meta.json").write_text(json.dumps({**meta, "n": args.n,
+                                                "repeats": args.repeats}))
+    text = section(summary, results, args.n, args.repeats, meta)
     print(text)
     write_docs(text, args.out)
     print(f"wrote the Slurm section of {args.out / 'benchmarks.md'}; raw results in "
