@@ -45,7 +45,7 @@ lint: $(VENV)/.installed-test
 	$(PY) -m ruff check .
 
 test: system-deps $(VENV)/.installed-test lint
-	$(RUN) $(PY) -m pytest -ra -m "slow or not slow"
+	$(RUN) $(PY) -m pytest -ra --durations=30 -m "slow or not slow"
 
 test-fast: $(VENV)/.installed-test
 	$(RUN) $(PY) -m pytest -ra

@@ -1,7 +1,7 @@
 """Benchmark of ensemble_map against plain task runs, the API floor and raw RADICAL-Pilot.
 
     .venv/bin/python bench/ensemble.py            # full: 10,000 and 100,000 members (~45 min)
-    .venv/bin/python bench/ensemble.py --quick    # CI smoke: 200 and 1,000 members
+    .venv/bin/python bench/ensemble.py --quick    # CI smoke: 100 and 400 members
 
 Rows of one workload and size run side by side in one run (each measurement a
 fresh child process, `bench/ensemble_rows.py`); the ratios compare medians of
@@ -48,9 +48,9 @@ def plan(quick: bool) -> tuple[list[Group], dict[str, Any]]:
     the plain throughput measured at the largest smaller n (extrapolated).
     """
     if quick:
-        sizes = {("concurrent", "python"): (200, 1000), ("concurrent", "exec"): (200, 1000),
-                 ("dask", "python"): (200, 1000), ("dask", "exec"): (200, 1000)}
-        plain_n, base, rp_n, sleep_n, sleep_s = 200, 20, 10, 20, 2
+        sizes = {("concurrent", "python"): (100, 400), ("concurrent", "exec"): (100, 400),
+                 ("dask", "python"): (100, 400), ("dask", "exec"): (100, 400)}
+        plain_n, base, rp_n, sleep_n, sleep_s = 100, 20, 10, 20, 2
     else:
         sizes = {("concurrent", "python"): (10_000, 100_000), ("concurrent", "exec"): (10_000,),
                  ("dask", "python"): (2_000, 10_000), ("dask", "exec"): (2_000,)}

@@ -54,3 +54,10 @@ BACKEND_SPECS = [
 def backend_spec(request: pytest.FixtureRequest) -> tuple[str, dict]:
     """(name, kwargs) for the backend named by the test's `backend_spec` param."""
     return request.getfixturevalue(f"{request.param}_backend_spec")
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Print a failure as it happens: a CI run cut off by its time limit still shows why."""
+    if report.failed and os.environ.get("CI"):
+        print(f"\n=== FAILED {report.nodeid} ({report.when}, {report.duration:.0f} s)")
+        print(report.longreprtext[-6000:], flush=True)

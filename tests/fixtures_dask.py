@@ -1,6 +1,6 @@
 """Dask fixtures (auto-loaded plugin): real clusters, no mocks.
 
-- `dask_cluster`: a session-wide `distributed.LocalCluster` (2 worker processes x 1 thread).
+- `dask_cluster`: a module-wide `distributed.LocalCluster` (2 worker processes x 1 thread).
 - `dask_backend_spec`: ("dask", {"address": <that cluster's scheduler>}) for the
   contract and Prefect runner suites.
 - `dask_process_pair`: a `dask scheduler` + `dask worker` started as subprocesses on
@@ -126,9 +126,13 @@ def start_dask_pair(
         raise
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def dask_cluster() -> Iterator[object]:
-    """A real LocalCluster: 2 worker processes x 1 thread, shared by the session."""
+    """A real LocalCluster: 2 worker processes x 1 thread, shared by a test module.
+
+    Module scope, not session: an idle cluster still costs CPU, and on a 2-core
+    machine that slows every later test of the session.
+    """
     distributed = pytest.importorskip("distributed")
     cluster = distributed.LocalCluster(
         n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,

@@ -103,7 +103,7 @@ def test_ensemble_benchmark_measures_every_row(
             pattern = rf"^{re.escape(row)}\s+{workload}\s+{n}\s+1/1\s+[\d.]+"
             assert re.search(pattern, stdout, re.MULTILINE), f"{row} {workload} n={n}"
     for name in ("concurrent: ensemble / plain task runs", "dask: ensemble / API floor",
-                 "concurrent: cost/member at 1000 / at 20",
+                 "concurrent: cost/member at 400 / at 20",
                  "radical_pilot: ensemble / raw RADICAL-Pilot"):
         assert re.search(rf"^{re.escape(name)}\s+\w+\s+\d+\s+[\d.]+x\s", stdout, re.MULTILINE), name
     markdown = (out / "benchmarks.md").read_text()
