@@ -20,6 +20,11 @@ any address other than 127.0.0.1 and ::1 that the case did not configure. The
 dask case that configures its dashboard on 0.0.0.0 checks that an explicit
 setting is allowed (and seen).
 
+The Slurm case (`slurm` marker: root and the test cluster) runs the flow on a batch
+pilot with `network_interface="lo"`, its sandbox under the case's directory so the
+agent's processes are sampled too; Slurm's own `srun` processes are listed but allowed
+(they bind all interfaces whatever RP does; docs/network.md).
+
 Before the fixes the dask and radical_pilot cases failed (a started cluster's
 dashboard on 0.0.0.0:8787, RP's ZMQ bridges on 0.0.0.0); `-rA` prints what each
 case saw.
@@ -37,7 +42,7 @@ import sys
 import tempfile
 import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -112,6 +117,8 @@ class Listener:
     ip: str
     port: int
     cmdline: str
+    #: the process's working directory (RP's agent-side processes work in the sandbox)
+    cwd: str = ""
 
     def __str__(self) -> str:
         address = f"[{self.ip}]:{self.port}" if ":" in self.ip else f"{self.ip}:{self.port}"
@@ -152,9 +159,14 @@ def listeners(procs: dict[int, psutil.Process]) -> dict[tuple[int, str, str, int
             name, cmdline = proc.name(), " ".join(proc.cmdline())[:160]
         except psutil.Error:
             name, cmdline = "?", "?"
+        try:
+            cwd = proc.cwd()
+        except (psutil.Error, OSError):
+            cwd = ""
         proto = "tcp" if tcp_listen else "udp"
         key = (conn.pid, proto, conn.laddr.ip, conn.laddr.port)
-        found[key] = Listener(conn.pid, name, proto, conn.laddr.ip, conn.laddr.port, cmdline)
+        found[key] = Listener(conn.pid, name, proto, conn.laddr.ip, conn.laddr.port, cmdline,
+                              cwd)
     return found
 
 
@@ -172,6 +184,8 @@ class ProbeRun:
     samples_while_running: int
     returncode: int
     output: str
+    #: what `after_exit` returned (called once the flow process ended, before the reap)
+    after: Any = None
 
 
 @pytest.fixture(scope="module")
@@ -194,8 +208,13 @@ def _reap(workdir: Path) -> None:
 
 
 def run_probe(backend: str, kwargs: dict[str, Any], prefect_home: Path, tmp_path: Path,
-              seconds: float, timeout: float) -> ProbeRun:
-    """Run the probe flow in a fresh process and sample its listening sockets."""
+              seconds: float, timeout: float,
+              after_exit: Callable[[], Any] | None = None) -> ProbeRun:
+    """Run the probe flow in a fresh process and sample its listening sockets.
+
+    The case's directory is `tmp_path / "run"` (the flow's cwd); `after_exit` runs
+    when the flow process has ended, before what it left in that directory is killed.
+    """
     workdir = tmp_path / "run"
     markers = workdir / "markers"
     markers.mkdir(parents=True)
@@ -214,6 +233,7 @@ def run_probe(backend: str, kwargs: dict[str, Any], prefect_home: Path, tmp_path
     log = workdir / "flow.log"
     seen: dict[tuple[int, str, str, int], Listener] = {}
     samples = while_running = 0
+    after = None
     with open(log, "wb") as out:
         process = subprocess.Popen(
             [sys.executable, str(script), json.dumps(spec)], cwd=workdir, env=env,
@@ -234,18 +254,22 @@ def run_probe(backend: str, kwargs: dict[str, Any], prefect_home: Path, tmp_path
             samples += 1
             while_running += running
             time.sleep(SAMPLE_INTERVAL)
+        if after_exit is not None:
+            after = after_exit()
     finally:
         if process.poll() is None:
             process.kill()
             process.wait(30)
         _reap(workdir)
     return ProbeRun(set(seen.values()), samples, while_running, process.returncode,
-                    log.read_text(errors="replace"))
+                    log.read_text(errors="replace"), after)
 
 
-def check_listeners(run: ProbeRun, allowed: set[tuple[str, int]] = frozenset()) -> None:
+def check_listeners(run: ProbeRun, allowed: set[tuple[str, int]] = frozenset(),
+                    allowed_names: frozenset[str] = frozenset()) -> None:
     """The run finished, was sampled while its tasks ran, and listened on loopback only
-    (or on an address in `allowed`: (ip, port) pairs the case configured)."""
+    (or on an address in `allowed`: (ip, port) pairs the case configured; or in a
+    process named in `allowed_names`: not ours to bind, printed and documented)."""
     print(f"{run.samples} samples, {run.samples_while_running} while the tasks ran; listening:")
     for lst in sorted(run.listeners, key=lambda lst: (lst.pid, lst.port)):
         print(f"  {lst}")
@@ -256,7 +280,8 @@ def check_listeners(run: ProbeRun, allowed: set[tuple[str, int]] = frozenset()) 
     assert run.listeners, "no listening socket seen at all (not even the Prefect API server)"
     exposed = sorted(
         (lst for lst in run.listeners
-         if lst.ip not in LOOPBACK and (lst.ip, lst.port) not in allowed),
+         if lst.ip not in LOOPBACK and (lst.ip, lst.port) not in allowed
+         and lst.name not in allowed_names),
         key=lambda lst: (lst.pid, lst.port),
     )
     if exposed:
@@ -303,3 +328,63 @@ def test_configured_dashboard_may_listen_everywhere(prefect_home: Path, tmp_path
     assert ("0.0.0.0", port) in {(lst.ip, lst.port) for lst in run.listeners}, (
         f"the configured dashboard 0.0.0.0:{port} was never seen listening"
     )
+
+
+# ------------------------------------------------------- a pilot on Slurm
+#: Slurm's own client: `srun` (the agent's launcher for raptor and executables) listens
+#: for its step's messages and I/O on all interfaces (no bind-address setting found in
+#: Slurm 22.05; `SrunPortRange` limits the ports). Not RADICAL-Pilot's, not ours to
+#: bind: printed, and documented in docs/network.md.
+SLURM_OWN_LISTENERS = frozenset({"srun"})
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+@pytest.mark.radical_pilot
+@pytest.mark.timeout(2400)
+def test_slurm_pilot_with_network_interface_lo_listens_on_loopback_only(
+    slurm_cluster: Any, prefect_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`network_interface="lo"` on a batch pilot: the client's endpoints (flow process,
+    what it forks, the bridges RP starts from PATH) and the agent's (on the job's first
+    node, the sandbox under the case's directory, so its processes are sampled) all
+    listen on 127.0.0.1; raptor function tasks and an executable run meanwhile; no
+    Slurm job outlives the flow."""
+    pytest.importorskip("radical.pilot")
+    from .test_slurm_radical_pilot import slurm_entry, squeue, wait_queue_empty
+
+    assert squeue() == [], "the cluster is busy with another test's job"
+    sandboxes = tmp_path / "run" / "sandboxes"  # the case's directory: agent processes sampled
+    home = tmp_path / "user"
+    configs = home / ".radical" / "pilot" / "configs"
+    configs.mkdir(parents=True)
+    (configs / "resource_local.json").write_text(
+        json.dumps({"slurm": slurm_entry(slurm_cluster, sandboxes)}))
+    monkeypatch.setenv("RADICAL_CONFIG_USER_DIR", str(home))  # label local.slurm, as users do
+    kwargs = {
+        "resources": {"resource": "local.slurm", "nodes": len(slurm_cluster.nodes),
+                      "runtime": 30},
+        "raptor": {"workers": 1, "cores_per_worker": 1},
+        "network_interface": "lo",
+    }
+    started = time.monotonic()
+    run = run_probe("radical_pilot", kwargs, prefect_home, tmp_path, 10.0, 2100.0,
+                    after_exit=lambda: (time.monotonic(), wait_queue_empty(timeout=60)))
+    ended, jobs_left = run.after
+    print(f"\nflow with a Slurm pilot: {ended - started:.1f} s")
+    for line in run.output.splitlines():
+        if "is active" in line or "batch job" in line:
+            print(f"  {line.strip()[-160:]}")
+    check_listeners(run, allowed_names=SLURM_OWN_LISTENERS)
+    agent_side = [lst for lst in run.listeners if lst.cwd.startswith(str(sandboxes))]
+    rp_agent_side = [lst for lst in agent_side if lst.name.startswith("rp.")]
+    client_side = [lst for lst in run.listeners if lst not in agent_side]
+    slurm_own = [lst for lst in run.listeners if lst.name in SLURM_OWN_LISTENERS]
+    print(f"listeners: {len(run.listeners)} in {len({lst.pid for lst in run.listeners})} "
+          f"processes; client side {len(client_side)}, agent side {len(agent_side)} "
+          f"({len(rp_agent_side)} in rp.* processes), Slurm's srun {len(slurm_own)}")
+    assert rp_agent_side, ("no listener of the agent's rp.* processes was seen: the agent "
+                           f"side was not sampled (sandbox {sandboxes})")
+    assert "rp.agent.0" in {lst.name for lst in rp_agent_side}, sorted(rp_agent_side)
+    assert any(lst.name.startswith("rp.") for lst in client_side), "no client bridge seen"
+    assert jobs_left == [], f"Slurm jobs outlived the flow: {jobs_left}"

@@ -87,6 +87,11 @@ class RadicalPilotBackend(ExecutionBackend):
             backend cancels it and fails its tasks (default a day); a job pending for a
             reason that cannot clear (e.g. Slurm's PartitionConfig) is given up at once.
             While it waits, `notices` tells why (see `lifecycle`).
+        network_interface: the network interface (e.g. "ib0", "hsn0", "lo") RP's ZMQ
+            endpoints bind to and advertise, on the client's machine and, resolved there,
+            on the pilot's nodes (the run directory must be on a file system they see).
+            Default: loopback for a pilot on this machine, all interfaces for a batch
+            pilot (docs/network.md). Checked here: an unknown name fails.
         shared: share one session and pilot with every other `shared=True` backend of
             the same configuration in this process: the first one starts it,
             `terminate()` only detaches, and the pilot is closed by
@@ -108,13 +113,15 @@ class RadicalPilotBackend(ExecutionBackend):
         shared: bool = False,
         resource_config: Mapping[str, Any] | None = None,
         pending_timeout: float = PENDING_TIMEOUT,
+        network_interface: str | None = None,
         **unknown: Any,
     ) -> None:
         refuse_unknown_options("the radical_pilot backend", unknown, [
             "resources", "work_dir", "keep_sandbox", "raptor", "shared", "resource_config",
-            "pending_timeout"])
+            "pending_timeout", "network_interface"])
         super().__init__()
-        self.config = pilot_config(resources, raptor, resource_config, pending_timeout)
+        self.config = pilot_config(resources, raptor, resource_config, pending_timeout,
+                                   network_interface)
         #: The pilot's life (queued, batch job, active, lost), for the user (see lifecycle).
         self.notices = Notices("rhapsody_prefect.backends.radical_pilot")
         self.resources = self.config.resources
@@ -139,7 +146,8 @@ class RadicalPilotBackend(ExecutionBackend):
 
     def _share_key(self) -> str:
         return json.dumps([self.resources, self.raptor_config, self.config.resource_config,
-                           str(self.work_dir), self.keep_sandbox], sort_keys=True, default=str)
+                           str(self.work_dir), self.keep_sandbox,
+                           self.config.network_interface], sort_keys=True, default=str)
 
     @property
     def run_id(self) -> str | None:

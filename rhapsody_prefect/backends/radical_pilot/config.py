@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ...core.exceptions import ConfigurationError
+from . import loopback
 from .resource_configs import is_this_machine, resource_config, schema_of
 from .rp_import import rp
 
@@ -236,6 +237,40 @@ class PilotConfig:
     shape: PilotShape
     #: Seconds the pilot's batch job may wait in the queue before the backend gives up.
     pending_timeout: float = 86400.0
+    #: The network interface RP's endpoints bind to (None: loopback on a local pilot,
+    #: all interfaces on a batch pilot); see `network_interface`.
+    network_interface: str | None = None
+
+
+def network_interface(value: Any) -> str | None:
+    """Check the `network_interface` option: None, or an interface of this host with IPv4.
+
+    The name is resolved again on each node where RP starts a process (the agent's
+    node may call its interface the same name with another address).
+
+    Raises:
+        ConfigurationError: not a str, no such interface here (lists those found), or
+            one without an IPv4 address.
+    """
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise ConfigurationError(
+            f"network_interface must be the name of a network interface (a str such as "
+            f"'ib0', 'hsn0' or 'lo'), got {value!r}", config_key="network_interface")
+    found = loopback.interfaces()
+    listed = ", ".join(f"{name} ({', '.join(addresses) or 'no IPv4 address'})"
+                       for name, addresses in found.items())
+    if value not in found:
+        raise ConfigurationError(
+            f"network_interface {value!r} is not a network interface of this machine; "
+            f"interfaces found: {listed}", config_key="network_interface")
+    if not found[value]:
+        raise ConfigurationError(
+            f"network_interface {value!r} has no IPv4 address on this machine (RADICAL-"
+            f"Pilot's endpoints need one); interfaces found: {listed}",
+            config_key="network_interface")
+    return value
 
 
 def pilot_config(
@@ -243,6 +278,7 @@ def pilot_config(
     raptor: bool | Mapping[str, Any] | None = True,
     inline: Mapping[str, Any] | None = None,
     pending_timeout: float = 86400.0,
+    interface: Any = None,
 ) -> PilotConfig:
     """Check the pilot, the resource and raptor; split the cores (see the module docs)."""
     if (isinstance(pending_timeout, bool) or not isinstance(pending_timeout, (int, float))
@@ -251,13 +287,14 @@ def pilot_config(
             f"pending_timeout must be a number of seconds > 0, got {pending_timeout!r}",
             config_key="pending_timeout",
         )
+    iface = network_interface(interface)
     checked, config = pilot_resources(resources, inline)
     sized = checked["resource"] == LOCAL_RESOURCE and inline is None
     # On a machine-sized pilot a function task may use as many cores as an executable.
     raptor_config = raptor_sizing(raptor, int(checked.get("cores") or 1) if sized else 1)
     shape = PilotShape.of(checked, config, raptor_config, sized)
     return PilotConfig(checked, config, inline is not None, raptor_config, shape,
-                       float(pending_timeout))
+                       float(pending_timeout), iface)
 
 
 def run_resource_entry(config: PilotConfig, run_dir: Path) -> dict[str, Any] | None:
@@ -296,6 +333,7 @@ __all__ = [
     "PilotConfig",
     "PilotShape",
     "machine_cores",
+    "network_interface",
     "pilot_config",
     "pilot_description",
     "pilot_resources",

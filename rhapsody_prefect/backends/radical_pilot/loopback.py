@@ -1,4 +1,4 @@
-"""Keep RADICAL-Pilot's ZMQ endpoints on loopback for a pilot on this machine.
+"""Keep RADICAL-Pilot's ZMQ endpoints on one network interface (loopback by default).
 
 RADICAL-Pilot (RP) has no setting for the address its ZMQ endpoints bind to.
 In radical.utils 1.103 every endpoint binds all interfaces:
@@ -20,26 +20,28 @@ processes RP *executes by name from PATH*: `radical-pilot-bridge`,
 daemonize (their parent becomes pid 1). A patch in the client process reaches
 only the first two groups. This module reaches all of them:
 
-1. `install()` replaces the two bind points in *this* process (and what it
-   forks) with loopback binds that advertise 127.0.0.1. Reference-counted:
-   `uninstall()` restores RU's functions when the last user is done.
-2. `loopback_wrappers.Loopback(directory)` writes small wrapper executables, one per RP helper,
-   that install the same patch and then run the original helper script
-   (`runpy`), and a shell hook for the pilot's `bootstrap_0.sh`.
+1. `install(address)` replaces the two bind points in *this* process (and what it
+   forks) with binds on `address` (default 127.0.0.1) that advertise it.
+   Reference-counted: `uninstall()` restores RU's functions when the last user is done.
+2. `loopback_wrappers.Loopback(directory, iface)` writes small wrapper executables,
+   one per RP helper, that resolve the IPv4 address of interface `iface` *on the node
+   they run on* (`interface_address`), install the same patch and then run the
+   original helper script (`runpy`), and a shell hook for the pilot's `bootstrap_0.sh`.
    `Loopback.environment()` puts the wrappers first on `PATH` (RP starts its
-   helpers by name) and sets `RADICAL_DEFAULT_IFACE` to the loopback interface
-   (RP forwards every `RADICAL_*` variable to the pilot job, so the agent's
-   advertised address and command port are loopback too).
-   `Loopback.pre_bootstrap()` is the resource-config entry that makes the
-   agent's bootstrap start the wrapped `radical-pilot-agent_0` (the bootstrap
-   activates the virtualenv, which puts the venv's `bin` before any PATH the
-   client set). `Loopback.executable(name)` is the wrapped raptor master and
-   worker for their task descriptions (RP activates the `rp` named env for
-   tasks, so PATH alone does not reach them).
+   helpers by name) and sets `RADICAL_DEFAULT_IFACE` to the interface (RP forwards
+   every `RADICAL_*` variable to the pilot job, so the agent's advertised address
+   and command port are on it too). `Loopback.pre_bootstrap()` is the
+   resource-config entry that makes the agent's bootstrap start the wrapped
+   `radical-pilot-agent_0` (the bootstrap activates the virtualenv, which puts the
+   venv's `bin` before any PATH the client set). `Loopback.executable(name)` is the
+   wrapped raptor master and worker for their task descriptions (RP activates the
+   `rp` named env for tasks, so PATH alone does not reach them).
 
-Only for a pilot on this machine (`local.*`): compute nodes of a batch system
-must reach the client's proxy and cannot use loopback. `check()` refuses any
-radical.utils / radical.pilot whose shape differs from the one validated here
+A pilot on this machine (`local.*`) uses the loopback interface. A batch pilot uses
+it only when the backend's `network_interface` option names an interface (compute
+nodes must reach the client's proxy): then the wrappers and the hook live in the run
+directory, which must be on a file system the compute nodes see. `check()` refuses
+any radical.utils / radical.pilot whose shape differs from the one validated here
 (version series and the exact code of every replaced function), so an upgrade
 fails loudly instead of silently binding all interfaces again.
 
@@ -48,9 +50,9 @@ Usage (what the radical_pilot backend does for a local pilot)::
     from rhapsody_prefect.backends.radical_pilot import loopback, loopback_wrappers
 
     loopback.check()                          # LoopbackUnsupported if RU/RP changed
-    wrappers = loopback_wrappers.Loopback(run_dir / "loopback")
+    wrappers = loopback_wrappers.Loopback(run_dir / "loopback", "lo")
     resource_cfg["localhost"]["pre_bootstrap_0"] = wrappers.pre_bootstrap()
-    loopback.install()                        # this process: registry, proxy, pipes
+    loopback.install(wrappers.address)        # this process: registry, proxy, pipes
     try:
         with patched_environ(wrappers.environment()):    # RP's helpers inherit it
             session = rp.Session(...)
@@ -58,9 +60,6 @@ Usage (what the radical_pilot backend does for a local pilot)::
         master = pilot.submit_raptors([rp.TaskDescription({
             "mode": rp.RAPTOR_MASTER,
             "executable": wrappers.executable("radical-pilot-raptor-master"), ...})])[0]
-        master.submit_workers([rp.TaskDescription({
-            "mode": rp.RAPTOR_WORKER,
-            "executable": wrappers.executable("radical-pilot-raptor-worker"), ...})])
         ...
     finally:
         session.close(terminate=True)
@@ -83,7 +82,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-#: The only address RP's endpoints bind to (and advertise) once installed.
+#: The address RP's endpoints bind to (and advertise) by default once installed.
 LOOPBACK = "127.0.0.1"
 #: radical.utils / radical.pilot release series this remedy was validated against.
 SUPPORTED_SERIES = {"radical.utils": ("1.103",), "radical.pilot": ("1.103",)}
@@ -207,63 +206,71 @@ def check() -> dict[str, str]:
 # ------------------------------------------------------------ in-process patch
 _lock = threading.Lock()
 _installs = 0
+_address = LOOPBACK  # what the installed patch binds and advertises
 _ORIGINALS: dict[str, Any] = {}
 
 
-def _loopback_zmq_bind(sock: Any) -> Any:
-    """`zmq_bind` on 127.0.0.1: RU's port choice, loopback interface, loopback address."""
+def _bound_zmq_bind(sock: Any) -> Any:
+    """`zmq_bind` on the installed address: RU's port choice, that address advertised."""
     import zmq
     from radical.utils.misc import as_string, find_port
     from radical.utils.url import Url
 
+    address = _address
     for _ in range(_BIND_ATTEMPTS):
         port = find_port()
         if port is None:
             break
         try:
-            sock.bind(f"tcp://{LOOPBACK}:{port}")
+            sock.bind(f"tcp://{address}:{port}")
         except zmq.ZMQError as error:
             if error.errno == zmq.EADDRINUSE:
                 continue  # taken between find_port() and bind(): try the next one
             raise
         return Url(as_string(sock.getsockopt(zmq.LAST_ENDPOINT)))
-    raise RuntimeError(f"could not bind a ZMQ socket to any port on {LOOPBACK}")
+    raise RuntimeError(f"could not bind a ZMQ socket to any port on {address}")
 
 
-_loopback_zmq_bind._rhapsody_loopback = True  # type: ignore[attr-defined]
+_bound_zmq_bind._rhapsody_loopback = True  # type: ignore[attr-defined]
 
 
 def _wrap_server_init(original: Callable[..., None]) -> Callable[..., None]:
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
         original(self, *args, **kwargs)
         if self._iface in _WILDCARDS:
-            self._iface = LOOPBACK
-        elif self._iface != LOOPBACK:
+            self._iface = _address
+        elif self._iface != _address:
             raise LoopbackUnsupported(
                 f"ru.zmq.Server {self._uid} asked for interface {self._iface!r} while "
-                "rp_loopback is installed (everything binds and advertises "
-                f"{LOOPBACK})"
+                f"rp_loopback is installed (everything binds and advertises {_address})"
             )
 
     __init__._rhapsody_loopback = True  # type: ignore[attr-defined]
     return __init__
 
 
-def _loopback_hostip(*_args: Any, **_kwargs: Any) -> str:
-    return LOOPBACK
+def _bound_hostip(*_args: Any, **_kwargs: Any) -> str:
+    return _address
 
 
-_loopback_hostip._rhapsody_loopback = True  # type: ignore[attr-defined]
+_bound_hostip._rhapsody_loopback = True  # type: ignore[attr-defined]
 
 
-def install() -> None:
-    """Bind (and advertise) RU's ZMQ endpoints created in this process on 127.0.0.1.
+def install(address: str = LOOPBACK) -> None:
+    """Bind (and advertise) RU's ZMQ endpoints created in this process on `address`.
 
-    Covers this process and every process it forks afterwards. Reference-counted;
-    call `uninstall()` once per `install()`. Runs `check()` first.
+    `address` is an IPv4 address of this host (default 127.0.0.1; see
+    `interface_address`). Covers this process and every process it forks afterwards.
+    Reference-counted; call `uninstall()` once per `install()`. Runs `check()` first.
+    Raises LoopbackUnsupported if already installed for another address (one process
+    binds one address).
     """
-    global _installs
+    global _installs, _address
     with _lock:
+        if _installs and address != _address:
+            raise LoopbackUnsupported(
+                f"RADICAL-Pilot's endpoints in this process already bind {_address}; "
+                f"cannot also bind {address} (one interface per process)")
         if _installs == 0:
             check()
             zutils = importlib.import_module("radical.utils.zmq.utils")
@@ -271,10 +278,11 @@ def install() -> None:
             _ORIGINALS["zmq_bind"] = zutils.zmq_bind
             _ORIGINALS["Server.__init__"] = server.Server.__init__
             _ORIGINALS["server.get_hostip"] = server.get_hostip
+            _address = address
             for name in _ZMQ_BIND_USERS:
-                importlib.import_module(name).zmq_bind = _loopback_zmq_bind
+                importlib.import_module(name).zmq_bind = _bound_zmq_bind
             server.Server.__init__ = _wrap_server_init(_ORIGINALS["Server.__init__"])
-            server.get_hostip = _loopback_hostip
+            server.get_hostip = _bound_hostip
         _installs += 1
 
 
@@ -299,36 +307,67 @@ def is_installed() -> bool:
     return _installs > 0
 
 
+def installed_address() -> str | None:
+    """The address the installed patch binds, None when not installed."""
+    return _address if _installs else None
+
+
 @contextlib.contextmanager
-def installed() -> Iterator[None]:
-    """`install()` for the duration of a `with` block."""
-    install()
+def installed(address: str = LOOPBACK) -> Iterator[None]:
+    """`install(address)` for the duration of a `with` block."""
+    install(address)
     try:
         yield
     finally:
         uninstall()
 
 
-def loopback_interface() -> str:
-    """The name of the interface holding 127.0.0.1 (`lo` on Linux, `lo0` on macOS)."""
+# ----------------------------------------------------------------- interfaces
+def interfaces() -> dict[str, list[str]]:
+    """This host's network interfaces, by name, with their IPv4 addresses (maybe none)."""
     import netifaces  # a radical.utils dependency
 
-    for name in netifaces.interfaces():
-        for entry in netifaces.ifaddresses(name).get(netifaces.AF_INET, []):
-            if entry.get("addr") == LOOPBACK:
-                return str(name)
+    return {str(name): [str(entry["addr"])
+                        for entry in netifaces.ifaddresses(name).get(netifaces.AF_INET, [])
+                        if entry.get("addr")]
+            for name in netifaces.interfaces()}
+
+
+def interface_address(name: str) -> str:
+    """The IPv4 address of interface `name` on this host (127.0.0.1 if it holds it, else
+    its first).
+
+    Raises LoopbackUnsupported naming the interfaces found when there is no such
+    interface, or it has no IPv4 address.
+    """
+    found = interfaces()
+    if name not in found:
+        raise LoopbackUnsupported(
+            f"no network interface {name!r} on this host; interfaces found: "
+            + ", ".join(f"{n} ({', '.join(a) or 'no IPv4'})" for n, a in found.items()))
+    if not found[name]:
+        raise LoopbackUnsupported(f"network interface {name!r} has no IPv4 address")
+    return LOOPBACK if LOOPBACK in found[name] else found[name][0]
+
+
+def loopback_interface() -> str:
+    """The name of the interface holding 127.0.0.1 (`lo` on Linux, `lo0` on macOS)."""
+    for name, addresses in interfaces().items():
+        if LOOPBACK in addresses:
+            return name
     raise LoopbackUnsupported(f"no network interface holds {LOOPBACK}")
 
 
 # -------------------------------------------------------- RP's own processes
 def run_wrapped(original: str, directory: str, iface: str) -> None:
-    """Body of a wrapper executable: patch this process, then run RP's helper script."""
+    """Body of a wrapper executable: patch this process for `iface` (resolved on this
+    node), then run RP's helper script."""
     path = os.environ.get("PATH", "")
     if path.split(os.pathsep)[0] != directory:
         os.environ["PATH"] = os.pathsep.join([directory, path]) if path else directory
     os.environ["RADICAL_DEFAULT_IFACE"] = iface  # before radical.utils reads its config
     try:
-        install()
+        install(interface_address(iface))
     except LoopbackUnsupported as error:
         sys.stderr.write(f"rp_loopback: refusing to run {original}: {error}\n")
         raise SystemExit(3) from error
@@ -343,6 +382,9 @@ __all__ = [
     "check",
     "install",
     "installed",
+    "installed_address",
+    "interface_address",
+    "interfaces",
     "is_installed",
     "loopback_interface",
     "run_wrapped",

@@ -34,7 +34,7 @@ from . import loopback
 from .batch_job import launcher_environment
 from .config import PilotConfig, pilot_description, run_resource_entry
 from .lifecycle import PilotWatch, pilot_lost, remove_session_sandbox
-from .loopback_wrappers import Loopback, for_local_run
+from .loopback_wrappers import Loopback, for_run
 from .processes import (
     availability,
     helpers_missing,
@@ -137,9 +137,10 @@ class PilotRun:
         environment.update(launcher_environment(   # psij's ~/.psij, in the run dir
             self.config.resource_config, self.resources.get("access_schema"), self.run_dir))
         entry = run_resource_entry(self.config, self.run_dir)
-        if self.local:  # RP's endpoints on 127.0.0.1 only (docs/network.md)
-            self.loopback, entry = for_local_run(
-                self.run_dir, entry or self.config.resource_config, environment)
+        iface = self.config.network_interface
+        if self.local or iface:  # RP's endpoints on one interface only (docs/network.md)
+            self.loopback, entry = for_run(self.run_dir, entry or self.config.resource_config,
+                                           environment, iface, batch=not self.local)
             self.raptor.loopback = self.loopback
         write_run_configs(self.run_dir, self.resources["resource"], entry)
         _live_runs[self.run_id] = self
@@ -147,7 +148,8 @@ class PilotRun:
         cfg = {"base": str(self.run_dir), "path": str(self.run_dir / "client"),
                "client_sandbox": str(self.run_dir / "client")}
         if self.loopback is not None:
-            loopback.install()  # this process and what it forks: registry, proxy, pipes
+            # this process and what it forks: registry, proxy, pipes
+            loopback.install(self.loopback.address)
             self.loopback_installed = True
         with patched_environ(environment):
             self.session = rp.Session(uid=self.run_id, cfg=cfg)
