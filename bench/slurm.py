@@ -45,6 +45,8 @@ from bench.env import REPO, base_env, prefect_server, server_settle
 SCRIPT = REPO / "scripts" / "slurm-cluster.sh"
 CHILD = Path(__file__).resolve().parent / "child.py"
 SECTION = Path(__file__).resolve().parent / "slurm_section.md"
+#: Hand-written findings, included at the end of the section.
+FINDINGS = Path(__file__).resolve().parent / "slurm_findings.md"
 BEGIN, END = "<!-- slurm-bench:begin -->", "<!-- slurm-bench:end -->"
 ROWS = ("rhapsody-rp", "raw-rp", "api-rp")
 NODES, CPUS = 2, 2
@@ -209,6 +211,7 @@ def section(summary: dict[str, dict[str, Any]], results: list[dict[str, Any]], n
         "second) plus the agent's bootstrap on the nodes (Python start-up of RADICAL-Pilot's "
         "components), which grows with the machine's load. The per-task rate is bounded by "
         "RADICAL-Pilot's agent and one `srun` step per task, the same for all rows.",
+        *(["", FINDINGS.read_text().rstrip()] if FINDINGS.exists() else []),
         END,
         "",
     ]
