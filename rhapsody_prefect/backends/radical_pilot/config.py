@@ -259,8 +259,7 @@ def network_interface(value: Any) -> str | None:
             f"network_interface must be the name of a network interface (a str such as "
             f"'ib0', 'hsn0' or 'lo'), got {value!r}", config_key="network_interface")
     found = loopback.interfaces()
-    listed = ", ".join(f"{name} ({', '.join(addresses) or 'no IPv4 address'})"
-                       for name, addresses in found.items())
+    listed = loopback.describe_interfaces(found)
     if value not in found:
         raise ConfigurationError(
             f"network_interface {value!r} is not a network interface of this machine; "

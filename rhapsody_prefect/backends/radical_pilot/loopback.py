@@ -333,6 +333,12 @@ def interfaces() -> dict[str, list[str]]:
             for name in netifaces.interfaces()}
 
 
+def describe_interfaces(found: dict[str, list[str]]) -> str:
+    """`interfaces()` for an error message: "lo (127.0.0.1), ib0 (no IPv4 address)"."""
+    return ", ".join(f"{name} ({', '.join(addresses) or 'no IPv4 address'})"
+                     for name, addresses in found.items())
+
+
 def interface_address(name: str) -> str:
     """The IPv4 address of interface `name` on this host (127.0.0.1 if it holds it, else
     its first).
@@ -344,7 +350,7 @@ def interface_address(name: str) -> str:
     if name not in found:
         raise LoopbackUnsupported(
             f"no network interface {name!r} on this host; interfaces found: "
-            + ", ".join(f"{n} ({', '.join(a) or 'no IPv4'})" for n, a in found.items()))
+            + describe_interfaces(found))
     if not found[name]:
         raise LoopbackUnsupported(f"network interface {name!r} has no IPv4 address")
     return LOOPBACK if LOOPBACK in found[name] else found[name][0]
@@ -380,6 +386,7 @@ __all__ = [
     "LOOPBACK",
     "LoopbackUnsupported",
     "check",
+    "describe_interfaces",
     "install",
     "installed",
     "installed_address",
