@@ -21,7 +21,14 @@ from typing import Any
 
 import psutil
 
-from bench.workloads import RssSampler, rp_backend_kwargs, run_api, run_prefect, run_raw_rp
+from bench.workloads import (
+    RssSampler,
+    pilot_active_seconds,
+    rp_backend_kwargs,
+    run_api,
+    run_prefect,
+    run_raw_rp,
+)
 
 #: row -> (backend family, description)
 ROWS: dict[str, tuple[str, str]] = {
@@ -51,6 +58,7 @@ def runner_kwargs(row: str, workload: str, options: dict[str, Any]) -> tuple[str
 def run_ensemble(row: str, workload: str, n: int, options: dict[str, Any]) -> dict[str, Any]:
     """A flow: a warm-up ensemble of one member, then the timed ensemble of `n`."""
     from prefect import flow
+    from prefect.context import get_run_context
 
     from bench.prefect_tasks import noop_task, true_task
     from rhapsody_prefect import RhapsodyRunner, ensemble_map
@@ -62,13 +70,16 @@ def run_ensemble(row: str, workload: str, n: int, options: dict[str, Any]) -> di
     @flow(name=f"bench-{row}-{workload}-{n}", task_runner=RhapsodyRunner(name, **kwargs))
     def bench_flow() -> dict[str, Any]:
         ensemble_map(member, [-1]).result()
+        active = pilot_active_seconds(getattr(getattr(
+            get_run_context().task_runner, "_dispatcher", None), "backend", None))
         sampler.reset()
         start = time.perf_counter()
         results = ensemble_map(member, range(n), allow_failures=True).result()
         seconds = time.perf_counter() - start
         cpu = sampler.end()
         completed = sum(1 for r in results if not isinstance(r, BaseException))
-        return {"seconds": seconds, "cpu_seconds": cpu, "completed": completed}
+        return {"seconds": seconds, "cpu_seconds": cpu, "completed": completed,
+                "active_seconds": active}
 
     total = time.perf_counter()
     result = bench_flow()

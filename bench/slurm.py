@@ -1,6 +1,7 @@
 """Executables per second through a pilot on a real Slurm cluster: RhapsodyRunner vs raw RP.
 
-    .venv/bin/python bench/slurm.py                   # 200 x /bin/true, 3 runs per row
+    .venv/bin/python bench/slurm.py                   # 200 x /bin/true, 3 runs, both layouts
+    .venv/bin/python bench/slurm.py --layout login    # only the login-node layout
     .venv/bin/python bench/slurm.py --n 10 --repeats 1 --out /tmp/slurm-bench   # smoke
 
 Starts a Slurm cluster of its own with scripts/slurm-cluster.sh (2 nodes x 2 CPUs,
@@ -12,6 +13,13 @@ one warm-up task, then `n` x `/bin/true`, each an `srun` step, submitted at once
 and waited for (the timed window). The rows alternate, order reversed every
 repeat; medians are compared. Each row also reports the time from the pilot's
 submission (sbatch) to active (the agent up on the nodes).
+
+Two layouts of the one machine, each with a cluster and a Prefect server of its own:
+`login` models an HPC site: the flow, its Prefect server and RADICAL-Pilot's client
+on CPU 0 (the login node), the Slurm daemons and so the pilot's agent and every
+`srun` step on the other CPUs (the compute nodes; `slurm-cluster.sh --cpu-list`).
+`shared`: everything on every CPU, as when a flow runs on the machine that also runs
+its tasks; there Prefect's own work per task run takes CPU from the agent.
 
 Rows: `rhapsody-rp` (a Prefect flow, `RhapsodyRunner("radical_pilot")`), `raw-rp`
 (RADICAL-Pilot's own Session/TaskManager) and `api-rp` (the RHAPSODY API, the
@@ -49,7 +57,18 @@ SECTION = Path(__file__).resolve().parent / "slurm_section.md"
 FINDINGS = Path(__file__).resolve().parent / "slurm_findings.md"
 BEGIN, END = "<!-- slurm-bench:begin -->", "<!-- slurm-bench:end -->"
 ROWS = ("rhapsody-rp", "raw-rp", "api-rp")
+#: `--ensemble N`: N members in ONE task run (`ensemble_map`) against raw RP, same pilot.
+ENSEMBLE_ROWS = ("ensemble-rp", "raw-rp")
+GROUPS = {"tasks": ROWS, "ensemble": ENSEMBLE_ROWS}
 NODES, CPUS = 2, 2
+LAYOUTS = ("login", "shared")
+#: The CPU that plays the login node in the `login` layout; the others are the compute nodes.
+LOGIN_CPU = 0
+
+
+def compute_cpus() -> set[int]:
+    """The CPUs of the compute nodes in the `login` layout: all but the login CPU."""
+    return set(os.sched_getaffinity(0)) - {LOGIN_CPU}
 
 
 def free_ports(count: int) -> int:
@@ -65,11 +84,15 @@ def free_ports(count: int) -> int:
     raise RuntimeError("no free ports")
 
 
-def cluster_args(directory: Path) -> list[str]:
-    """The cluster's options: 1 + NODES free ports (slurmctld, one per slurmd)."""
+def cluster_args(directory: Path, layout: str) -> list[str]:
+    """The cluster's options: 1 + NODES free ports (slurmctld, one per slurmd); in the
+    `login` layout its daemons (and so its jobs and steps) on the compute CPUs."""
     base = free_ports(1 + NODES)
-    return ["--dir", str(directory), "--nodes", str(NODES), "--cpus", str(CPUS),
+    args = ["--dir", str(directory), "--nodes", str(NODES), "--cpus", str(CPUS),
             "--ctld-port", str(base), "--node-port", str(base + 1)]
+    if layout == "login":
+        args += ["--cpu-list", ",".join(map(str, sorted(compute_cpus())))]
+    return args
 
 
 def resource_entry(sandboxes: Path) -> dict[str, Any]:
@@ -107,30 +130,36 @@ def run_child(spec: dict[str, Any], env: dict[str, str], log: Path) -> dict[str,
 
 
 def measure(args: argparse.Namespace, work: Path, env: dict[str, str], api_url: str,
-            results: list[dict[str, Any]]) -> None:
-    """Run the rows, alternating; appends to `results` as it goes."""
+            results: list[dict[str, Any]], layout: str) -> None:
+    """Run the rows of each group, alternating; appends to `results` as it goes."""
     log = work / "children.log"
-    for repeat in range(args.repeats):
-        for row in ROWS if repeat % 2 == 0 else tuple(reversed(ROWS)):
-            run_dir = Path(tempfile.mkdtemp(prefix=f"{row}-", dir=work))
-            spec = {"row": row, "workload": "exec", "n": args.n, "work_dir": str(run_dir),
-                    "rp_cores": NODES * CPUS,
-                    "rp_slurm": {"entry": resource_entry(run_dir / "sandboxes"),
-                                 "nodes": NODES}}
-            started = time.monotonic()
-            load = os.getloadavg()[0]
-            result = run_child(spec, env, log)
-            result["load"] = round((load + os.getloadavg()[0]) / 2, 1)
-            shutil.rmtree(run_dir, ignore_errors=True)
-            result.update(row=row, n=args.n, repeat=repeat)
-            results.append(result)
-            active = result.get("active_seconds")
-            shown = (f"{args.n / result['seconds']:.2f} tasks/s, pilot active "
-                     f"{active if active is None else round(active, 1)} s after submission"
-                     if "seconds" in result else result.get("error"))
-            print(f"  {row:<12} #{repeat + 1}: {shown} [{time.monotonic() - started:.0f} s]",
-                  flush=True)
-            server_settle(api_url)
+    print(f"layout {layout}:", flush=True)
+    plan = [("tasks", args.n, args.repeats)]
+    if args.ensemble:
+        plan.append(("ensemble", args.ensemble, args.ensemble_repeats))
+    for group, n, repeats in plan:
+        rows = GROUPS[group]
+        for repeat in range(repeats):
+            for row in rows if repeat % 2 == 0 else tuple(reversed(rows)):
+                run_dir = Path(tempfile.mkdtemp(prefix=f"{row}-", dir=work))
+                spec = {"row": row, "workload": "exec", "n": n, "work_dir": str(run_dir),
+                        "rp_cores": NODES * CPUS,
+                        "rp_slurm": {"entry": resource_entry(run_dir / "sandboxes"),
+                                     "nodes": NODES}}
+                started = time.monotonic()
+                load = os.getloadavg()[0]
+                result = run_child(spec, env, log)
+                result["load"] = round((load + os.getloadavg()[0]) / 2, 1)
+                shutil.rmtree(run_dir, ignore_errors=True)
+                result.update(row=row, n=n, repeat=repeat, layout=layout, group=group)
+                results.append(result)
+                active = result.get("active_seconds")
+                shown = (f"{n / result['seconds']:.2f} tasks/s, pilot active "
+                         f"{active if active is None else round(active, 1)} s after submission"
+                         if "seconds" in result else result.get("error"))
+                print(f"  {group:<8} {row:<12} #{repeat + 1}: {shown} "
+                      f"[{time.monotonic() - started:.0f} s]", flush=True)
+                server_settle(api_url)
 
 
 def paired_ratio(results: list[dict[str, Any]], n: int, ours: str, peer: str) -> list[float]:
@@ -145,35 +174,86 @@ def paired_ratio(results: list[dict[str, Any]], n: int, ours: str, peer: str) ->
     return ratios
 
 
-def summarize(results: list[dict[str, Any]], n: int) -> dict[str, dict[str, Any]]:
+def summarize(results: list[dict[str, Any]], n: int,
+              rows: tuple[str, ...] = ROWS) -> dict[str, dict[str, Any]]:
     summary: dict[str, dict[str, Any]] = {}
-    for row in ROWS:
+    for row in rows:
         done = [r for r in results if r["row"] == row and "seconds" in r
                 and r.get("completed") == n]
         rates = [n / r["seconds"] for r in done]
+        cpu = [1000 * r["cpu_seconds"] / n for r in done if r.get("cpu_seconds") is not None]
         active = [r["active_seconds"] for r in done if r.get("active_seconds") is not None]
         summary[row] = {
             "runs": len(done), "rates": rates, "loads": [r.get("load") for r in done],
             "rate": statistics.median(rates) if rates else None,
             "active": statistics.median(active) if active else None,
+            "cpu_ms": statistics.median(cpu) if cpu else None,
             "active_all": active,
             "errors": [r["error"] for r in results if r["row"] == row and "error" in r],
         }
     return summary
 
 
-def section(summary: dict[str, dict[str, Any]], results: list[dict[str, Any]], n: int,
-            repeats: int, meta: dict[str, str]) -> str:
-    def ratio(ours: str, peer: str) -> str:
-        pairs = paired_ratio(results, n, ours, peer)
-        if not pairs:
-            return "n/a"
-        each = ", ".join(f"{p:.2f}" for p in pairs)
-        return f"{statistics.median(pairs):.2f}x (per repeat: {each})"
+LAYOUT_TEXT = {
+    "login": ("Login node and compute nodes",
+              f"the flow, its Prefect server and RADICAL-Pilot's client on CPU {LOGIN_CPU} "
+              "(the login node); the Slurm daemons, and so the pilot's agent and every "
+              "`srun` step, on the other CPU (the compute nodes: "
+              "`slurm-cluster.sh --cpu-list`), as on an HPC site"),
+    "shared": ("Everything on both CPUs",
+               "the flow, its Prefect server, the Slurm daemons, the agent and the `srun` "
+               "steps share both CPUs, as when a flow runs on the machine that runs its "
+               "tasks"),
+}
 
-    pairs = paired_ratio(results, n, "rhapsody-rp", "raw-rp")
-    verdict = ("n/a" if not pairs
-               else "meets" if statistics.median(pairs) >= 0.9 else "misses")
+
+def of_layout(results: list[dict[str, Any]], layout: str,
+              group: str = "tasks") -> list[dict[str, Any]]:
+    """The results of one layout and group (runs from before layouts and groups existed
+    were `shared` and `tasks`)."""
+    return [r for r in results
+            if r.get("layout", "shared") == layout and r.get("group", "tasks") == group]
+
+
+WHAT = {"rhapsody-rp": 'Prefect flow, a task run per executable, `RhapsodyRunner("radical_pilot")`',
+        "ensemble-rp": "Prefect flow, ONE task run: `ensemble_map` of an `executable_task`",
+        "raw-rp": "raw RADICAL-Pilot (Session, PilotManager, TaskManager)",
+        "api-rp": 'RHAPSODY API, `get_backend("radical_pilot")`'}
+
+
+def ratio_text(measured: list[dict[str, Any]], n: int, ours: str, peer: str,
+               target: float | None = None) -> str:
+    """`0.95x (per repeat: ...)`, and the verdict against `target`."""
+    pairs = paired_ratio(measured, n, ours, peer)
+    if not pairs:
+        return "n/a"
+    each = ", ".join(f"{p:.2f}" for p in pairs)
+    text = f"{statistics.median(pairs):.2f}x (per repeat: {each})"
+    if target is not None:
+        met = "meets" if statistics.median(pairs) >= target else "misses"
+        text += f" (target >= {target}x: {met})"
+    return text
+
+
+def table(measured: list[dict[str, Any]], n: int, rows: tuple[str, ...]) -> list[str]:
+    lines = ["| row | what | executables/s (median) | runs: tasks/s (load average) "
+             "| flow CPU ms/task (median) | submit -> pilot active (median) |",
+             "|---|---|---|---|---|---|"]
+    summary = summarize(measured, n, rows)
+    for row in rows:
+        entry = summary[row]
+        runs = ", ".join(f"{r:.2f}" + (f" ({load})" if load is not None else "")
+                         for r, load in zip(entry["rates"], entry["loads"], strict=True))
+        runs = runs or "; ".join(entry["errors"])[:200]
+        shown = f"{entry['rate']:.2f}" if entry["rate"] else "-"
+        cpu = f"{entry['cpu_ms']:.1f}" if entry["cpu_ms"] is not None else "-"
+        active = f"{entry['active']:.1f} s" if entry["active"] is not None else "-"
+        lines.append(f"| `{row}` | {WHAT[row]} | {shown} | {runs} | {cpu} | {active} |")
+    return lines
+
+
+def section(results: list[dict[str, Any]], n: int, repeats: int, meta: dict[str, Any]) -> str:
+    members, member_repeats = meta.get("ensemble", 0), meta.get("ensemble_repeats", 0)
     lines = [
         BEGIN,
         "## Slurm: executables through a pilot on a real Slurm cluster",
@@ -183,34 +263,46 @@ def section(summary: dict[str, dict[str, Any]], results: list[dict[str, Any]], n
         "Slurm 22.05, all nodes this machine), one RADICAL-Pilot pilot of both nodes (one "
         f"`sbatch` job, {NODES * CPUS} cores, no raptor) per measurement, from the same inline "
         f"resource config; a warm-up task, then {n} x `/bin/true`, each launched by the agent "
-        f"with `srun`, submitted at once. {repeats} repeats, rows alternating (raw RP always "
-        "between the other two); a ratio is the median over repeats of the two rows' rates "
-        "in the same repeat, which saw about the same load.",
-        "",
-        f"**RhapsodyRunner / raw RADICAL-Pilot: {ratio('rhapsody-rp', 'raw-rp')}** "
-        f"(target >= 0.9x: {verdict}); RHAPSODY API / raw: {ratio('api-rp', 'raw-rp')}.",
-        "",
-        "| row | what | executables/s (median) | runs: tasks/s (load average) "
-        "| submit -> pilot active (median) |",
-        "|---|---|---|---|---|",
+        f"with `srun`, submitted at once; {repeats} repeats per layout"
+        + (f", and {members} members through `ensemble_map` against {members} raw RP tasks, "
+           f"{member_repeats} repeats" if members else "")
+        + ". Rows alternate (raw RP always between the others); a ratio is the median over "
+        "repeats of the two rows' rates in the same repeat, which saw about the same load. "
+        "Each layout has a Slurm cluster and a Prefect server of its own.",
     ]
-    what = {"rhapsody-rp": 'Prefect flow, `RhapsodyRunner("radical_pilot")`',
-            "raw-rp": "raw RADICAL-Pilot (Session, PilotManager, TaskManager)",
-            "api-rp": 'RHAPSODY API, `get_backend("radical_pilot")`'}
-    for row in ROWS:
-        entry = summary[row]
-        runs = ", ".join(f"{r:.2f}" + (f" ({load})" if load is not None else "")
-                         for r, load in zip(entry["rates"], entry["loads"], strict=True))
-        runs = runs or "; ".join(entry["errors"])[:200]
-        shown = f"{entry['rate']:.2f}" if entry["rate"] else "-"
-        active = f"{entry['active']:.1f} s" if entry["active"] is not None else "-"
-        lines.append(f"| `{row}` | {what[row]} | {shown} | {runs} | {active} |")
+    for layout in LAYOUTS:
+        measured = of_layout(results, layout)
+        ensemble = of_layout(results, layout, "ensemble")
+        if not measured and not ensemble:
+            continue
+        title, where = LAYOUT_TEXT[layout]
+        judged = 0.9 if layout == "login" else None
+        lines += ["", f"### {title} (`--layout {layout}`)", "", f"{where[0].upper()}{where[1:]}."]
+        if measured:
+            lines += [
+                "",
+                f"**One task run per executable, RhapsodyRunner / raw RADICAL-Pilot: "
+                f"{ratio_text(measured, n, 'rhapsody-rp', 'raw-rp', judged)}**"
+                + ("" if judged else " (the 0.9x target is judged on the login-node layout)")
+                + f"; RHAPSODY API / raw: {ratio_text(measured, n, 'api-rp', 'raw-rp')}.",
+                "", *table(measured, n, ROWS),
+            ]
+        if ensemble:
+            lines += [
+                "",
+                f"**{members} members in one `ensemble_map` / raw RADICAL-Pilot: "
+                f"{ratio_text(ensemble, members, 'ensemble-rp', 'raw-rp', 0.95)}**.",
+                "", *table(ensemble, members, ENSEMBLE_ROWS),
+            ]
     lines += [
         "",
-        "Submit -> active is the pilot's batch job starting (the nodes are idle: under a "
-        "second) plus the agent's bootstrap on the nodes (Python start-up of RADICAL-Pilot's "
-        "components), which grows with the machine's load. The per-task rate is bounded by "
-        "RADICAL-Pilot's agent and one `srun` step per task, the same for all rows.",
+        "Flow CPU: CPU seconds of the measuring process (the flow, or raw RP's client) in "
+        "the timed window, per task; the Prefect server's and RADICAL-Pilot's own "
+        "processes are not in it. Submit -> active is the pilot's batch job starting (the "
+        "nodes are idle: under a second) plus the agent's bootstrap on the nodes (Python "
+        "start-up of RADICAL-Pilot's components), which grows with the machine's load. The "
+        "per-task rate is bounded by RADICAL-Pilot's agent and one `srun` step per task, "
+        "the same for all rows.",
         *(["", FINDINGS.read_text().rstrip()] if FINDINGS.exists() else []),
         END,
         "",
@@ -233,10 +325,49 @@ def write_docs(text: str, out: Path) -> None:
     target.write_text(current)
 
 
+def run_layout(args: argparse.Namespace, work: Path, layout: str,
+               results: list[dict[str, Any]]) -> bool:
+    """Start a cluster and a Prefect server for `layout`, measure every row, stop both.
+
+    In the `login` layout this process (and so the Prefect server and every
+    measurement child it starts) runs on the login CPU only, the cluster on the others.
+    """
+    cluster = cluster_args(work / f"cluster-{layout}", layout)
+    env = base_env(work)
+    everywhere = os.sched_getaffinity(0)
+    started = subprocess.run([str(SCRIPT), "start", *cluster], capture_output=True, text=True)
+    if started.returncode != 0:
+        print(started.stdout + started.stderr, file=sys.stderr)
+        return False
+    env["SLURM_CONF"] = str(work / f"cluster-{layout}" / "slurm.conf")
+    os.environ.update(env)
+    os.environ.pop("PREFECT_API_URL", None)
+    print(started.stdout.strip(), flush=True)
+    try:
+        if layout == "login":
+            os.sched_setaffinity(0, {LOGIN_CPU})
+        with prefect_server(env, work / f"server-{layout}.log") as api_url:
+            env["PREFECT_API_URL"] = api_url
+            measure(args, work, env, api_url, results, layout)
+    finally:
+        os.sched_setaffinity(0, everywhere)
+        subprocess.run([str(SCRIPT), "stop", *cluster], capture_output=True, text=True)
+        (work / "results.json").write_text(json.dumps(results, indent=1))
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=200, help="executables per run (200)")
     parser.add_argument("--repeats", type=int, default=3, help="runs per row (3)")
+    parser.add_argument("--ensemble", type=int, default=1000, metavar="N",
+                        help="also N members through ensemble_map against N raw RP tasks "
+                             "(1000; 0: not measured)")
+    parser.add_argument("--ensemble-repeats", type=int, default=2,
+                        help="runs per ensemble row (2)")
+    parser.add_argument("--layout", choices=[*LAYOUTS, "both"], default="both",
+                        help="login: flow on CPU 0, cluster on the others; shared: "
+                             "everything everywhere; both (default): one after the other")
     parser.add_argument("--out", type=Path, default=REPO / "docs",
                         help="directory of the benchmarks.md to update (docs/)")
     parser.add_argument("--from-results", type=Path, default=None, metavar="DIR",
@@ -247,36 +378,26 @@ def main(argv: list[str] | None = None) -> int:
         results = json.loads((args.from_results / "results.json").read_text())
         meta = json.loads((args.from_results / "meta.json").read_text())
         n, repeats = meta.pop("n"), meta.pop("repeats")
-        write_docs(section(summarize(results, n), results, n, repeats, meta), args.out)
+        write_docs(section(results, n, repeats, meta), args.out)
         return 0
+    layouts = LAYOUTS if args.layout == "both" else (args.layout,)
+    if "login" in layouts and (LOGIN_CPU not in os.sched_getaffinity(0) or not compute_cpus()):
+        parser.error(f"--layout login needs CPU {LOGIN_CPU} and at least one other CPU; "
+                     f"this process may use CPUs {sorted(os.sched_getaffinity(0))}")
     load_start = f"{os.getloadavg()[0]:.1f}"
     measured_at = f"{datetime.datetime.now():%Y-%m-%d %H:%M}"
     work = Path(tempfile.mkdtemp(prefix="rhapsody-slurm-bench-", dir="/tmp"))
     work.chmod(0o755)  # the munge user enters the cluster's directory
-    cluster = cluster_args(work / "cluster")
-    env = base_env(work)
-    started = subprocess.run([str(SCRIPT), "start", *cluster], capture_output=True, text=True)
-    if started.returncode != 0:
-        print(started.stdout + started.stderr, file=sys.stderr)
-        return 1
-    env["SLURM_CONF"] = str(work / "cluster" / "slurm.conf")
-    os.environ.update(env)
-    os.environ.pop("PREFECT_API_URL", None)
-    print(f"Slurm cluster up ({NODES} nodes x {CPUS} CPUs), work dir {work}", flush=True)
     results: list[dict[str, Any]] = []
-    try:
-        with prefect_server(env, work / "server.log") as api_url:
-            env["PREFECT_API_URL"] = api_url
-            measure(args, work, env, api_url, results)
-    finally:
-        subprocess.run([str(SCRIPT), "stop", *cluster], capture_output=True, text=True)
-        (work / "results.json").write_text(json.dumps(results, indent=1))
-    summary = summarize(results, args.n)
-    meta = {"measured_at": measured_at,
+    for layout in layouts:
+        if not run_layout(args, work, layout, results):
+            return 1
+    meta: dict[str, Any] = {"measured_at": measured_at,
             "load": f"{load_start} at start, {os.getloadavg()[0]:.1f} at end"}
+    meta.update(ensemble=args.ensemble, ensemble_repeats=args.ensemble_repeats)
     (work / "meta.json").write_text(json.dumps({**meta, "n": args.n,
                                                 "repeats": args.repeats}))
-    text = section(summary, results, args.n, args.repeats, meta)
+    text = section(results, args.n, args.repeats, meta)
     print(text)
     write_docs(text, args.out)
     print(f"wrote the Slurm section of {args.out / 'benchmarks.md'}; raw results in "

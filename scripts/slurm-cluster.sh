@@ -26,6 +26,11 @@
 #   --ctld-port P      RHAPSODY_SLURM_CTLD_PORT  16817    (SlurmctldPort)
 #   --node-port P      RHAPSODY_SLURM_NODE_PORT  17001    (node i listens on P+i-1)
 #   --timeout S        RHAPSODY_SLURM_TIMEOUT    60       (seconds to wait for idle nodes)
+#   --cpu-list LIST    RHAPSODY_SLURM_CPU_LIST   (all)    (CPUs the daemons run on)
+#       e.g. 1 or 2-3: munged, slurmctld and the slurmds run under `taskset -c LIST`,
+#       so every batch job and job step (a pilot's agent, each srun) runs there too,
+#       and the other CPUs stay free for what runs outside the cluster: a login
+#       node and its compute nodes on one machine (bench/slurm.py uses it).
 #   --enforce-part-limits ALL|ANY|NO
 #                      RHAPSODY_SLURM_ENFORCE_PART_LIMITS  ALL
 #       ALL: sbatch refuses at once a job larger than its partition ("Requested node
@@ -52,6 +57,7 @@ CTLD_PORT="${RHAPSODY_SLURM_CTLD_PORT:-16817}"
 NODE_PORT="${RHAPSODY_SLURM_NODE_PORT:-17001}"
 TIMEOUT="${RHAPSODY_SLURM_TIMEOUT:-60}"
 ENFORCE="${RHAPSODY_SLURM_ENFORCE_PART_LIMITS:-ALL}"
+CPU_LIST="${RHAPSODY_SLURM_CPU_LIST:-}"
 
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -63,6 +69,7 @@ while [ $# -gt 0 ]; do
     --node-port) NODE_PORT="$2"; shift 2 ;;
     --timeout) TIMEOUT="$2"; shift 2 ;;
     --enforce-part-limits) ENFORCE="$2"; shift 2 ;;
+    --cpu-list) CPU_LIST="$2"; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) die "unknown option '$1' (see --help)" ;;
   esac
@@ -73,6 +80,15 @@ for v in NODES CPUS MEMORY CTLD_PORT NODE_PORT TIMEOUT; do
 done
 case "$ENFORCE" in ALL|ANY|NO) ;; *) die "--enforce-part-limits must be ALL, ANY or NO, got '$ENFORCE'" ;; esac
 case "$DIR" in /*) ;; *) DIR="$(pwd)/$DIR" ;; esac
+# The daemons' CPU affinity, inherited by every job and step they start.
+PIN=()
+if [ -n "$CPU_LIST" ]; then
+  [[ "$CPU_LIST" =~ ^[0-9]+([-,][0-9]+)*$ ]] \
+    || die "--cpu-list must be a CPU list such as 1 or 0,2 or 1-3, got '$CPU_LIST'"
+  taskset -c "$CPU_LIST" true 2>/dev/null \
+    || die "--cpu-list '$CPU_LIST' names no usable CPU here (this machine has CPUs $(taskset -cp $$ | sed 's/.*: //'))"
+  PIN=(taskset -c "$CPU_LIST")
+fi
 DIR="${DIR%/}"
 
 CONF="$DIR/slurm.conf"
@@ -115,6 +131,7 @@ write_conf() {
   host="$(hostname -s)"
   {
     echo "# Written by scripts/slurm-cluster.sh: a ${NODES}-node Slurm on this machine."
+    echo "# Daemons on CPUs: ${CPU_LIST:-all}"
     echo "ClusterName=rhapsody"
     echo "SlurmctldHost=${host}(127.0.0.1)"
     echo "SlurmctldPort=${CTLD_PORT}"
@@ -171,7 +188,7 @@ start_munge() {
     chmod 0400 "$MUNGE_DIR/munge.key"
   fi
   rm -f "$MUNGE_SOCKET" "$MUNGE_SOCKET.lock" "$MUNGE_PID"
-  runuser -u munge -- munged --socket="$MUNGE_SOCKET" --key-file="$MUNGE_DIR/munge.key" \
+  runuser -u munge -- "${PIN[@]}" munged --socket="$MUNGE_SOCKET" --key-file="$MUNGE_DIR/munge.key" \
     --pid-file="$MUNGE_PID" --log-file="$MUNGE_DIR/munged.log" \
     --seed-file="$MUNGE_DIR/munged.seed" \
     || die "munged did not start; $(tail -n 5 "$MUNGE_DIR/munged.log" 2>/dev/null)"
@@ -249,9 +266,9 @@ cmd_start() {
     local n
     for n in $(node_names); do mkdir -p "$DIR/spool/$n"; done
     start_munge
-    slurmctld -f "$CONF" -c -i || { log_tails; die "slurmctld did not start"; }
+    "${PIN[@]}" slurmctld -f "$CONF" -c -i || { log_tails; die "slurmctld did not start"; }
     for n in $(node_names); do
-      slurmd -f "$CONF" -N "$n" || { log_tails; die "slurmd -N $n did not start"; }
+      "${PIN[@]}" slurmd -f "$CONF" -N "$n" || { log_tails; die "slurmd -N $n did not start"; }
     done
   fi
   local t0=$SECONDS
@@ -264,7 +281,7 @@ cmd_start() {
     # but a node marked down by hand would not.
     sleep 0.5
   done
-  say "up: $(conf_nodes | wc -l) nodes x ${CPUS} CPUs, partitions debug (default) and short, SLURM_CONF=$CONF"
+  say "up: $(conf_nodes | wc -l) nodes x ${CPUS} CPUs (daemons on CPUs ${CPU_LIST:-all}), partitions debug (default) and short, SLURM_CONF=$CONF"
 }
 
 # Stop slurmds and slurmctld by their pid files (TERM, then KILL after 10 s).
@@ -319,7 +336,9 @@ cmd_status() {
   echo "work dir: $DIR"
   echo "SLURM_CONF=$CONF"
   if pid="$(live_pid "$MUNGE_PID")"; then echo "munged:    pid $pid"; else echo "munged:    down"; fi
-  if pid="$(live_pid "$CTLD_PID")"; then echo "slurmctld: pid $pid"; else echo "slurmctld: down"; up=1; fi
+  if pid="$(live_pid "$CTLD_PID")"; then
+    echo "slurmctld: pid $pid, on CPUs $(taskset -cp "$pid" 2>/dev/null | sed 's/.*: //')"
+  else echo "slurmctld: down"; up=1; fi
   local n
   for n in $(conf_nodes); do
     f="$DIR/run/slurmd-$n.pid"

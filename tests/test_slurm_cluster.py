@@ -1,19 +1,23 @@
 """The Slurm test cluster itself (scripts/slurm-cluster.sh through `slurm_cluster`).
 
 Real daemons, real jobs: a batch job runs to completion, `srun` spans both nodes,
-the queue is empty afterwards, and the script's `start` is idempotent.
+the queue is empty afterwards, the script's `start` is idempotent, and `--cpu-list`
+keeps a cluster's jobs on the CPUs it names.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pathlib
+import shutil
 import subprocess
+import tempfile
 import time
 
 import pytest
 
-from .fixtures_slurm import SlurmCluster
+from .fixtures_slurm import SCRIPT, SlurmCluster, _free_ports
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 
@@ -83,3 +87,41 @@ def test_start_is_idempotent(slurm_cluster: SlurmCluster) -> None:
     assert [p.read_text().strip() for p in pid_files] == pids
     status = slurm_cluster.script("status")
     assert status.returncode == 0, status.stdout + status.stderr
+
+
+def test_cpu_list_refuses_a_bad_value() -> None:
+    for bad, says in (("one", "must be a CPU list"), ("4096", "names no usable CPU")):
+        done = subprocess.run([str(SCRIPT), "start", "--dir", "/tmp/rhapsody-never-started",
+                               "--cpu-list", bad], capture_output=True, text=True, timeout=30)
+        assert done.returncode == 1 and says in done.stderr and bad in done.stderr, done.stderr
+    assert not pathlib.Path("/tmp/rhapsody-never-started").exists()
+
+
+def test_cpu_list_runs_jobs_on_those_cpus(slurm_cluster: SlurmCluster) -> None:
+    """A second one-node cluster with its daemons on CPU 0: its job steps run on CPU 0
+    only (the other CPUs stay free, as a login node's would), while this process may use
+    every CPU; asking again with another list is refused while it runs."""
+    assert len(os.sched_getaffinity(0)) > 1, "needs a machine with two CPUs or more"
+    workdir = pathlib.Path(tempfile.mkdtemp(prefix="rhapsody-slurm-pinned-", dir="/tmp"))
+    workdir.chmod(0o755)
+    pinned = dataclasses.replace(slurm_cluster, dir=workdir / "cluster",
+                                 conf=workdir / "cluster" / "slurm.conf", nodes=("n1",),
+                                 ctld_port=_free_ports(1), node_port=_free_ports(1))
+    args = [*pinned.script_args(), "--cpu-list", "0"]
+    try:
+        started = subprocess.run([str(SCRIPT), "start", *args], capture_output=True,
+                                 text=True, timeout=180)
+        assert started.returncode == 0, started.stdout + started.stderr
+        assert "daemons on CPUs 0" in started.stdout
+        out = run(["srun", "-N1", "-n1", "bash", "-c", "taskset -cp $$"], pinned,
+                  cwd=workdir).stdout
+        assert out.strip().endswith("current affinity list: 0"), out
+        status = pinned.script("status")
+        assert "on CPUs 0" in status.stdout, status.stdout
+        other = subprocess.run([str(SCRIPT), "start", *pinned.script_args()],
+                               capture_output=True, text=True, timeout=60)
+        assert other.returncode == 1 and "other settings" in other.stderr, other.stderr
+    finally:
+        stopped = pinned.script("stop")
+        shutil.rmtree(workdir, ignore_errors=True)
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr

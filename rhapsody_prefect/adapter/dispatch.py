@@ -90,14 +90,18 @@ class BodyDispatcher:
         backend.register_callback(self._on_state)
 
     def _on_state(self, task: TaskDict, state: str) -> None:
+        # Called for every state of every backend task: the shared engine passes a
+        # TaskState (no Enum lookup then); another backend may pass its value.
+        if type(state) is not TaskState:
+            state = TaskState(state)
         watch = self.watches.get(task["uid"])
         if watch is not None:
-            watch.push(TaskState(state))
-            self.work.on_state(task, TaskState(state))
+            watch.push(state)
+            self.work.on_state(task, state)
             return
         group = self.groups.get(task.get("name"))  # type: ignore[arg-type]
         if group is not None:
-            group.on_state(task, TaskState(state))
+            group.on_state(task, state)
 
     def proxy(self, task: Task[Any, Any]) -> Task[Any, Any]:
         """A copy of `task` whose fn sends the body to the backend (engine unchanged).

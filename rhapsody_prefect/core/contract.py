@@ -116,7 +116,4 @@ class BaseExecutionBackend(ABC):
 #: Alias used by the reference's examples.
 BaseBackend = BaseExecutionBackend
 
-#: Alias used by the reference's examples.
-BaseBackend = BaseExecutionBackend
-
 __all__ = ["BaseBackend", "BaseExecutionBackend"]

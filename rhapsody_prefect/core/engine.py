@@ -39,7 +39,7 @@ from .contract import BaseExecutionBackend
 from .exceptions import BackendError, ConfigurationError, WaitTimeoutError
 from .guard import Guard
 from .outcome import RESULT_FIELDS, Outcome, task_error
-from .scheduling import Batcher, SlotPool, call_on_loop
+from .scheduling import Batcher, Inbox, SlotPool
 from .tasks import TaskDict, task_slots, validate_task
 
 logger = logging.getLogger("rhapsody_prefect.backends")
@@ -85,6 +85,7 @@ class ExecutionBackend(BaseExecutionBackend):
         self._slot_pool: SlotPool | None = None
         self._launcher = Batcher(self._flush_launch, self.launch_batch_delay)
         self._canceller = Batcher(self._flush_cancel)
+        self._inbox = Inbox()  # reports from other threads, applied on the loop
         self._guard = Guard(str(self.backend_type))  # its watchdog starts on first use
 
     # ----------------------------------------------------------- subclass hooks
@@ -225,7 +226,7 @@ class ExecutionBackend(BaseExecutionBackend):
         unknown = set(results) - set(RESULT_FIELDS)
         if unknown:
             raise TypeError(f"_report got unknown result fields {sorted(unknown)}")
-        call_on_loop(self._loop, self._apply_report, uid, TaskState(state), results)
+        self._inbox.post(self._loop, self._apply_report, uid, TaskState(state), results)
 
     def _report_result(self, uid: str, result: tuple[TaskState, dict[str, Any]]) -> None:
         """`_report(uid, state, **fields)` for a (state, fields) pair (any thread)."""
@@ -238,7 +239,7 @@ class ExecutionBackend(BaseExecutionBackend):
         Fails every launched, unfinished task with `error`; tasks not launched yet,
         and tasks submitted later, fail with it when their turn comes.
         """
-        if not call_on_loop(self._loop, self._apply_break, error):
+        if not self._inbox.post(self._loop, self._apply_break, error):
             self._broken = self._broken or error
 
     def _apply_break(self, error: BackendError) -> None:

@@ -1,4 +1,4 @@
-"""Scheduling helpers of the shared engine: a FIFO core pool and a launch batcher.
+"""Scheduling helpers of the shared engine: a FIFO core pool, a launch batcher, an inbox.
 
     pool = SlotPool(4)
     async with pool.hold(2):          # waits, first come first served, for 2 free cores
@@ -6,6 +6,9 @@
 
     batcher = Batcher(flush, delay=0.05)
     batcher.add("task.1")             # flush(["task.1", ...]) runs once, 50 ms later
+
+    inbox = Inbox()
+    inbox.post(loop, apply, uid, state)   # from any thread: apply(uid, state) on `loop`
 """
 
 from __future__ import annotations
@@ -13,8 +16,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
+
+logger = logging.getLogger("rhapsody_prefect.backends")
 
 
 class SlotPool:
@@ -87,24 +93,56 @@ class Batcher:
         task.add_done_callback(self._tasks.discard)
 
 
-def call_on_loop(
-    loop: asyncio.AbstractEventLoop | None, fn: Callable[..., Any], *args: Any
-) -> bool:
-    """Run `fn(*args)` on `loop`: now if this is its thread, else soon; False if closed."""
-    if loop is None or loop.is_closed():
-        return False
-    try:
-        running = asyncio.get_running_loop()
-    except RuntimeError:
-        running = None
-    if running is loop:
-        fn(*args)
+class Inbox:
+    """Calls from any thread, run on one event loop in order, one wake-up per burst.
+
+    `loop.call_soon_threadsafe` per call wakes the loop (a write to its self-pipe)
+    once per call: thousands of task reports a second from worker or callback
+    threads would cost a system call and a loop iteration each. Here a call from
+    another thread is queued, and only the first call after the loop has drained
+    the queue wakes it.
+    """
+
+    def __init__(self) -> None:
+        self._calls: collections.deque[tuple[Callable[..., Any], tuple[Any, ...]]] = (
+            collections.deque())
+        self._wake_pending = False
+
+    def post(
+        self, loop: asyncio.AbstractEventLoop | None, fn: Callable[..., Any], *args: Any
+    ) -> bool:
+        """Run `fn(*args)` on `loop`: now if this is its thread, else soon; False if closed."""
+        if loop is None or loop.is_closed():
+            return False
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            fn(*args)
+            return True
+        # Append before reading the flag: `_drain` clears the flag before it empties
+        # the queue, so a call is either drained by a wake-up already on its way or
+        # this thread sends one.
+        self._calls.append((fn, args))
+        if not self._wake_pending:
+            self._wake_pending = True
+            try:
+                loop.call_soon_threadsafe(self._drain)
+            except RuntimeError:  # closed meanwhile
+                self._wake_pending = False
+                return False
         return True
-    try:
-        loop.call_soon_threadsafe(fn, *args)
-    except RuntimeError:  # closed meanwhile
-        return False
-    return True
+
+    def _drain(self) -> None:
+        self._wake_pending = False
+        calls = self._calls
+        while calls:
+            fn, args = calls.popleft()
+            try:
+                fn(*args)
+            except Exception:  # one failing call must not drop the ones after it
+                logger.exception("Call %r from another thread failed", fn)
 
 
-__all__ = ["Batcher", "SlotPool", "call_on_loop"]
+__all__ = ["Batcher", "Inbox", "SlotPool"]
