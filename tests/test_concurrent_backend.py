@@ -206,3 +206,44 @@ async def test_mpi_ranks_without_launcher_is_configuration_error(monkeypatch):
             await backend.wait(timeout=30)
         assert isinstance(tasks[0]["exception"], ConfigurationError)
         assert tasks[0]["exception"].config_key == "ranks"
+
+
+def _exit_interpreter() -> None:
+    raise SystemExit(3)
+
+
+async def test_system_exit_in_a_thread_function_fails_only_its_task():
+    """A function that raises SystemExit (a BaseException) in a pool thread ends FAILED
+    with it; the backend, its loop and the other tasks go on."""
+    async with rhapsody.get_backend("concurrent", max_workers=2) as backend:
+        tasks = [{"uid": "exits", "function": _exit_interpreter},
+                 {"uid": "sums", "function": sum, "args": ([1, 2, 3],)}]
+        await backend.submit_tasks(tasks)
+        with pytest.raises(TaskError):
+            await backend.wait()
+        assert tasks[0]["state"] == TaskState.FAILED
+        assert isinstance(tasks[0]["exception"], SystemExit)
+        assert tasks[1]["state"] == TaskState.COMPLETED and tasks[1]["return_value"] == 6
+        again = [{"uid": "after", "function": sum, "args": ([4],)}]
+        await backend.submit_tasks(again)
+        await backend.wait()
+        assert again[0]["return_value"] == 4
+
+
+async def test_cancel_running_thread_function_reports_canceled_at_once():
+    release = threading.Event()
+    async with rhapsody.get_backend("concurrent", max_workers=1) as backend:
+        states = record_states(backend)
+        tasks = [{"uid": "blocks", "function": release.wait, "args": (30,)},
+                 {"uid": "queued", "function": sum, "args": ([1],)}]
+        await backend.submit_tasks(tasks)
+        while backend.get_task_state("blocks") is not TaskState.EXECUTING:
+            await asyncio.sleep(0.01)
+        assert await backend.cancel_task("blocks") is True
+        assert await backend.cancel_task("queued") is True
+        release.set()
+        await backend.wait()
+        assert [t["state"] for t in tasks] == [TaskState.CANCELED, TaskState.CANCELED]
+        assert "return_value" not in tasks[0] or tasks[0]["return_value"] is None
+        assert states["queued"][-1] == TaskState.CANCELED
+        assert TaskState.EXECUTING not in states["queued"]

@@ -13,8 +13,10 @@
 `ranks * cores_per_rank` of them. Functions run in a thread pool
 (`executor="thread"`, the default) or in worker processes
 (`executor="process"`, functions shipped with cloudpickle); executables always
-run as subprocesses in their own process group, spawned and waited for from a
-pool of at most `max_workers` threads (fork/exec stays off the event loop).
+run as subprocesses in their own process group: spawned from a few threads
+(fork/exec stays off the event loop), then waited for on the event loop itself
+(non-blocking pipes, and pidfds), so 1,000 running commands hold no thread each
+(`body/command_wait.py`; without pidfds, a thread per running command).
 
 Cancelling a running executable or process-mode function kills its process
 group (a replacement worker is started on demand). A running thread cannot be
@@ -31,13 +33,14 @@ import os
 import signal
 import socket
 import sys
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Literal
 
 import cloudpickle
 
 from ..body.calls import call_function
-from ..body.commands import kill_process_group, run_command_async
+from ..body.command_wait import run_command_async, spawner_threads
+from ..body.commands import kill_process_group
 from ..body.envelope import Envelope
 from ..body.process_worker import HEADER
 from ..core.constants import BackendType, Defaults, TaskState
@@ -131,32 +134,41 @@ class ConcurrentBackend(ExecutionBackend):
         self.executor = executor
         self.slots = max_workers
         self._threads: ThreadPoolExecutor | None = None
-        # Executables are spawned and waited for from threads of their own (at most
-        # one per slot), so fork/exec and output reading stay off the event loop.
+        # Executables are spawned from threads of their own, so fork/exec stays off
+        # the event loop; their exit and output are awaited on the loop.
         self._command_threads: ThreadPoolExecutor | None = None
         self._idle_workers: list[_WorkerProcess] = []
         self._busy_workers: dict[str, _WorkerProcess] = {}
-        self._running: dict[str, asyncio.Task[None]] = {}
+        self._running: dict[str, asyncio.Task[None] | Future[None]] = {}
 
     async def _start(self) -> None:
         if self.executor == "thread":
             self._threads = ThreadPoolExecutor(self.max_workers, thread_name_prefix="rhapsody")
         self._command_threads = ThreadPoolExecutor(
-            self.max_workers, thread_name_prefix="rhapsody-command"
+            spawner_threads(self.max_workers), thread_name_prefix="rhapsody-command"
         )
 
     async def _launch(self, tasks: list[TaskDict]) -> None:
         for task in tasks:
             uid = task["uid"]
-            runner = asyncio.ensure_future(self._execute(task))
+            runner: asyncio.Task[None] | Future[None]
+            if self._threads is not None and is_function_task(task):
+                # Straight to a pool thread, which reports the task's states itself:
+                # no loop task, executor future and wake-up per function.
+                runner = self._threads.submit(self._call_in_thread, task)
+            else:
+                runner = asyncio.ensure_future(self._execute(task))
             self._running[uid] = runner
             runner.add_done_callback(lambda _, uid=uid: self._running.pop(uid, None))
 
     async def _cancel(self, uids: list[str]) -> None:
         for uid in uids:
             runner = self._running.get(uid)
-            if runner is not None:
-                runner.cancel()
+            if runner is None:
+                continue
+            runner.cancel()
+            if isinstance(runner, Future):  # a running thread cannot be stopped:
+                self._report(uid, TaskState.CANCELED)  # its result will be discarded
 
     async def _shutdown(self) -> None:
         workers = [*self._idle_workers, *self._busy_workers.values()]
@@ -174,12 +186,10 @@ class ConcurrentBackend(ExecutionBackend):
         uid = task["uid"]
         self._report(uid, TaskState.EXECUTING)
         try:
-            if not is_function_task(task):
-                await self._run_executable(task)
-            elif self.executor == "process":
+            if is_function_task(task):
                 await self._run_in_process(task)
             else:
-                await self._run_in_thread(task)
+                await self._run_executable(task)
         except asyncio.CancelledError:
             self._report(uid, TaskState.CANCELED)
         except Exception as error:
@@ -189,12 +199,16 @@ class ConcurrentBackend(ExecutionBackend):
         result = await run_command_async(task, self._command_threads, self._guard)
         self._report_result(task["uid"], Envelope.command(result).outcome())
 
-    async def _run_in_thread(self, task: TaskDict) -> None:
-        loop = asyncio.get_running_loop()
-        value = await loop.run_in_executor(
-            self._threads, call_function, task["function"], task["args"], task["kwargs"]
-        )
-        self._report(task["uid"], TaskState.COMPLETED, return_value=value)
+    def _call_in_thread(self, task: TaskDict) -> None:
+        """A function task in a pool thread, from start to reported end."""
+        uid = task["uid"]
+        self._report(uid, TaskState.EXECUTING)
+        try:
+            value = call_function(task["function"], task["args"], task["kwargs"])
+        except BaseException as error:  # reported, never raised in a pool thread
+            self._report(uid, TaskState.FAILED, exception=error)
+        else:
+            self._report(uid, TaskState.COMPLETED, return_value=value)
 
     async def _run_in_process(self, task: TaskDict) -> None:
         uid = task["uid"]

@@ -1,4 +1,4 @@
-"""Running a task's command as a subprocess, sync or async, and killing it cleanly.
+"""Running a task's command as a subprocess, and killing it cleanly.
 
 Every command runs in a new session (process group), so a cancel or timeout
 kills the command and everything it started.
@@ -10,20 +10,19 @@ kills the command and everything it started.
 
 `ranks > 1` runs the command under the MPI launcher found on PATH (`mpiexec`,
 `mpirun`); `pre_exec` commands run in a shell first; `shell=True` runs
-`executable` through `/bin/sh -c`.
+`executable` through `/bin/sh -c`. `start_command` + `finish_command` are the
+two halves of `run_command`; `body/command_wait.py` awaits a started command on
+an event loop instead.
 """
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import contextlib
 import dataclasses
 import os
 import shlex
 import signal
 import subprocess
-import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -94,15 +93,63 @@ def run_command(
         subprocess.TimeoutExpired: after `timeout` seconds (the process group is killed).
         CommandStopped: `stop()` returned True (the process group is killed).
     """
-    process = _popen(task)
-    if isinstance(process, CommandResult):
-        return process
-    return _finish(process, timeout, stop, poll_interval, guard)
+    running = start_command(task, guard)
+    if isinstance(running, CommandResult):
+        return running
+    return finish_command(running, timeout, stop, poll_interval)
 
 
 #: Exit codes a shell reports for a command it cannot find or cannot execute.
 NOT_FOUND_EXIT_CODE = 127
 NOT_EXECUTABLE_EXIT_CODE = 126
+
+
+@dataclasses.dataclass
+class RunningCommand:
+    """A started command: its process (leading its own session) and its guard entry."""
+
+    process: subprocess.Popen[bytes]
+    guard: Guard | None = None
+    guard_key: int | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def release(self) -> None:
+        """Kill whatever the command left running in its group; unregister it."""
+        self.end_group()
+        self.unregister()
+
+    def end_group(self) -> None:
+        """Kill whatever the command left running in its group."""
+        kill_process_group(self.process.pid)
+
+    def unregister(self) -> None:
+        """Tell the guard the command ended (a write to its watchdog's pipe)."""
+        if self.guard is not None:
+            self.guard.forget(self.guard_key)
+            self.guard = None
+
+    def result(self, stdout: bytes | None, stderr: bytes | None) -> CommandResult:
+        """The result, once the process has exited (reaps it: does not block then)."""
+        return CommandResult(self.process.wait(), _decode(stdout), _decode(stderr))
+
+
+def start_command(
+    task: Mapping[str, Any], guard: Guard | None = None
+) -> RunningCommand | CommandResult:
+    """Start the task's command (fork/exec: blocks for a moment; keep it off event loops).
+
+    Returns the running command, registered with `guard` (which then ends its
+    process group if this process dies); or, when it cannot start, the result a
+    shell would give (exit code 127 or 126).
+    """
+    process = _popen(task)
+    if isinstance(process, CommandResult):
+        return process
+    key = guard.kill_group(process.pid) if guard is not None else None
+    return RunningCommand(process, guard, key)
 
 
 def _popen(task: Mapping[str, Any]) -> subprocess.Popen[bytes] | CommandResult:
@@ -129,15 +176,17 @@ def _popen(task: Mapping[str, Any]) -> subprocess.Popen[bytes] | CommandResult:
         return CommandResult(NOT_EXECUTABLE_EXIT_CODE, "", f"{argv[0]}: permission denied\n")
 
 
-def _finish(
-    process: subprocess.Popen[bytes],
+def finish_command(
+    running: RunningCommand,
     timeout: float | None = None,
     stop: Callable[[], bool] | None = None,
     poll_interval: float = 0.1,
-    guard: Guard | None = None,
 ) -> CommandResult:
-    """Collect the output and exit code; the process group is killed on the way out."""
-    key = guard.kill_group(process.pid) if guard is not None else None
+    """Wait in this thread for the output and exit code; the group is killed on the way out.
+
+    Raises as `run_command` does (TimeoutExpired, CommandStopped).
+    """
+    process = running.process
     try:
         if stop is None:
             stdout, stderr = process.communicate(timeout=timeout)
@@ -148,10 +197,8 @@ def _finish(
         process.communicate()
         raise
     finally:
-        kill_process_group(process.pid)  # whatever the command left running in its group
-        if guard is not None:
-            guard.forget(key)
-    return CommandResult(process.returncode, _decode(stdout), _decode(stderr))
+        running.release()
+    return running.result(stdout, stderr)
 
 
 class CommandStopped(Exception):
@@ -178,69 +225,14 @@ def _communicate_until_stopped(
                 raise CommandStopped(f"Command {process.args!r} was stopped") from None
 
 
-class _Launch:
-    """A command started in a worker thread, which the event loop can stop at any time.
-
-    The lock makes "cancelled before the process exists" and "kill the running
-    process" one decision: a cancelled launch never starts its process.
-    """
-
-    def __init__(self, guard: Guard | None = None) -> None:
-        self._lock = threading.Lock()
-        self._cancelled = False
-        self._pid: int | None = None
-        self._guard = guard
-
-    def run(self, task: Mapping[str, Any]) -> CommandResult | None:
-        with self._lock:
-            if self._cancelled:
-                return None
-            process = _popen(task)
-            if isinstance(process, CommandResult):
-                return process
-            self._pid = process.pid
-        return _finish(process, guard=self._guard)
-
-    def cancel(self) -> None:
-        with self._lock:
-            self._cancelled = True
-            pid = self._pid
-        if pid is not None:
-            kill_process_group(pid)
-
-
-async def run_command_async(
-    task: Mapping[str, Any],
-    executor: concurrent.futures.Executor | None = None,
-    guard: Guard | None = None,
-) -> CommandResult:
-    """Run the task's command from a thread of `executor`, awaiting it on the loop.
-
-    Spawning (fork/exec) and reading the output happen in that thread, not on the
-    event loop; the thread count is the executor's, so size it to the number of
-    commands that may run at once. Cancelling the awaiting coroutine kills the
-    command's whole process group and returns once the thread is done with it;
-    `guard` ends that group if this process dies while the command runs.
-    """
-    launch = _Launch(guard)
-    running = asyncio.get_running_loop().run_in_executor(executor, launch.run, task)
-    try:
-        result = await asyncio.shield(running)
-    except asyncio.CancelledError:
-        launch.cancel()
-        with contextlib.suppress(BaseException):
-            await asyncio.shield(running)
-        raise
-    assert result is not None
-    return result
-
-
 __all__ = [
     "CommandResult",
     "CommandStopped",
+    "RunningCommand",
     "command_argv",
     "command_env",
+    "finish_command",
     "kill_process_group",
     "run_command",
-    "run_command_async",
+    "start_command",
 ]

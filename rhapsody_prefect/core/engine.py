@@ -70,8 +70,7 @@ class ExecutionBackend(BaseExecutionBackend):
 
     #: Total cores the backend offers; tasks wait for free slots. None: no limit here.
     slots: int | None = None
-    #: Seconds launches are collected before `_launch` (bulk submission pays off for
-    #: backends with a costly submit call, such as RADICAL-Pilot); 0: one loop iteration.
+    #: Seconds launches are collected for one `_launch` (for a costly submit call); 0: a tick.
     launch_batch_delay: float = 0.0
 
     def __init__(self, **kwargs: Any) -> None:
