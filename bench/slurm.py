@@ -135,7 +135,7 @@ def measure(args: argparse.Namespace, work: Path, env: dict[str, str], api_url: 
     log = work / "children.log"
     print(f"layout {layout}:", flush=True)
     plan = [("tasks", args.n, args.repeats)]
-    if args.ensemble:
+    if args.ensemble and layout in args.ensemble_layouts.split(","):
         plan.append(("ensemble", args.ensemble, args.ensemble_repeats))
     for group, n, repeats in plan:
         rows = GROUPS[group]
@@ -263,9 +263,9 @@ def section(results: list[dict[str, Any]], n: int, repeats: int, meta: dict[str,
         "Slurm 22.05, all nodes this machine), one RADICAL-Pilot pilot of both nodes (one "
         f"`sbatch` job, {NODES * CPUS} cores, no raptor) per measurement, from the same inline "
         f"resource config; a warm-up task, then {n} x `/bin/true`, each launched by the agent "
-        f"with `srun`, submitted at once; {repeats} repeats per layout"
+        f"with `srun`, submitted at once; {repeats} repeat(s) per layout"
         + (f", and {members} members through `ensemble_map` against {members} raw RP tasks, "
-           f"{member_repeats} repeats" if members else "")
+           f"{member_repeats} repeat(s)" if members else "")
         + ". Rows alternate (raw RP always between the others); a ratio is the median over "
         "repeats of the two rows' rates in the same repeat, which saw about the same load. "
         "Each layout has a Slurm cluster and a Prefect server of its own.",
@@ -365,6 +365,8 @@ def main(argv: list[str] | None = None) -> int:
                              "(1000; 0: not measured)")
     parser.add_argument("--ensemble-repeats", type=int, default=2,
                         help="runs per ensemble row (2)")
+    parser.add_argument("--ensemble-layouts", default="login",
+                        help="layouts that measure the ensemble rows (login; or login,shared)")
     parser.add_argument("--layout", choices=[*LAYOUTS, "both"], default="both",
                         help="login: flow on CPU 0, cluster on the others; shared: "
                              "everything everywhere; both (default): one after the other")

@@ -59,13 +59,25 @@ class SlotPool:
                 self._free -= count
                 waiter.set_result(None)
 
-    @contextlib.asynccontextmanager
-    async def hold(self, count: int) -> Any:
-        await self.acquire(count)
-        try:
-            yield
-        finally:
-            self.release(count)
+    def hold(self, count: int) -> _Hold:
+        """`async with pool.hold(n):` holds n cores for the block."""
+        return _Hold(self, count)
+
+
+class _Hold:
+    """SlotPool.hold's context manager: a class, not a generator (one per task attempt)."""
+
+    __slots__ = ("_count", "_pool")
+
+    def __init__(self, pool: SlotPool, count: int) -> None:
+        self._pool = pool
+        self._count = count
+
+    async def __aenter__(self) -> None:
+        await self._pool.acquire(self._count)
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._pool.release(self._count)
 
 
 class Batcher:
