@@ -1,8 +1,9 @@
 """What a Dask worker runs for a RHAPSODY task: the function or the command, as an Envelope.
 
-    future = client.submit(run_on_worker, cloudpickle.dumps(payload_of(task)), topic, key,
-                           key=key, pure=False)
-    envelope = future.result()         # Envelope("value", ...) / ("command", ...) / ...
+    payloads = [cloudpickle.dumps(payload_of(task)) for task in tasks]
+    futures = client.map(run_on_worker, payloads, [topic] * len(keys), keys,
+                         key=keys, pure=False)   # a batch: one graph update
+    envelope = futures[0].result()     # Envelope("value", ...) / ("command", ...) / ...
 
 A command polls, while it runs, whether Dask cancelled its key or the worker is
 closing, and then kills its process group (`commands.run_command(stop=...)`).

@@ -33,8 +33,10 @@ as a subprocess on the worker (`body.dask_worker`), which the worker kills
 when the task is cancelled. Options are checked in `options`, task resources
 against the workers in `worker_resources`.
 
-Dask calls back on the client's event loop thread; the backend only reports
-states from there (`ExecutionBackend._report`), it never blocks that loop.
+A launch batch goes to the scheduler as one graph update per set of submit
+options (`Client.map`). The launched futures belong to one watcher (`watch`)
+on the client's event loop thread, which never blocks that loop: it reports
+their start and end (`ExecutionBackend._report`) and cancels them.
 """
 
 from __future__ import annotations
@@ -47,44 +49,24 @@ import os
 import shlex
 import uuid
 from collections.abc import Mapping
-from types import MappingProxyType
 from typing import Any
 
 import cloudpickle
 import distributed
-from distributed import Client, Future
+from distributed import Client
 
 from ...body.dask_worker import payload_of, run_on_worker
 from ...core.constants import BackendType, TaskState
 from ...core.engine import ExecutionBackend
-from ...core.exceptions import BackendError
 from ...core.tasks import TaskDict
 from .options import DaskOptions, load_cluster_class, network_kwargs
+from .watch import FutureWatcher, Launched, SchedulerLost
 from .worker_resources import WorkerResources
 
 logger = logging.getLogger("rhapsody_prefect.backends.dask")
 
-#: Dask's client-side future states -> TaskState, in one place.
-DASK_STATES: Mapping[str, TaskState] = MappingProxyType({
-    "pending": TaskState.WAITING,
-    "finished": TaskState.COMPLETED,
-    "error": TaskState.FAILED,
-    "lost": TaskState.FAILED,
-    "cancelled": TaskState.CANCELED,
-})
-
 #: Dask's config variable for its loggers' level (read by worker processes at start).
 LOG_ENV = "DASK_LOGGING__DISTRIBUTED"
-#: Reason given to Dask when this backend cancels a future.
-CANCEL_REASON = "rhapsody-cancel"
-
-
-class WorkerLost(BackendError):
-    """Dask workers died while running the task (Dask's KilledWorker)."""
-
-
-class SchedulerLost(BackendError):
-    """The client lost its connection to the Dask scheduler."""
 
 
 class DaskBackend(ExecutionBackend):
@@ -113,16 +95,13 @@ class DaskBackend(ExecutionBackend):
         self._guarded: set[int | str] = set()  # worker pids, job ids of _own_cluster
         self._token = uuid.uuid4().hex[:8]
         self._topic = f"rhapsody-{self._token}"
-        # uid -> current Dask key; key -> (uid, future). Written on the backend loop only.
-        self._key_of: dict[str, str] = {}
-        self._futures: dict[str, tuple[str, Future]] = {}
-        self._cancelling: set[str] = set()
-        self._watchers: set[asyncio.Task[None]] = set()  # client loop only
+        self._watcher: FutureWatcher | None = None  # owns the launched futures
 
     # ----------------------------------------------------------------- hooks
     async def _start(self) -> None:
         self._client = await asyncio.to_thread(self._connect)
-        self._client.subscribe_topic(self._topic, self._on_event)
+        self._watcher = FutureWatcher(self._client, self._report, self._break, self.address)
+        self._client.subscribe_topic(self._topic, self._watcher.on_event)
         self._guard_own_workers()
         if self._own_cluster is not None and self.dashboard is not False:
             link = self._client.dashboard_link
@@ -165,48 +144,51 @@ class DaskBackend(ExecutionBackend):
             raise
 
     async def _launch(self, tasks: list[TaskDict]) -> None:
-        client = self._client
-        if client is None or client.status != "running":
+        client, watcher = self._client, self._watcher
+        if client is None or watcher is None or client.status != "running":
             raise SchedulerLost(
                 f"The Dask client is not connected to the scheduler "
                 f"({client.status if client else 'no client'})",
                 self.backend_type,
             )
         self._guard_own_workers()  # workers an adaptive cluster added since
-        launched: list[tuple[str, str, Future]] = []
+        # One graph update per set of submit options (usually one for the whole batch).
+        groups: dict[str, tuple[dict[str, Any], list[tuple[str, str, bytes]]]] = {}
         for task in tasks:
             uid = task["uid"]
             key = f"rhapsody-{uid}-{self.attempt_of(uid)}-{self._token}"
-            try:
+            try:  # a task that cannot be pickled fails alone
                 payload = cloudpickle.dumps(payload_of(task))
-                future = client.submit(
-                    run_on_worker, payload, self._topic, key,
-                    key=key, pure=False, retries=0, **self._submit_options(task),
-                )
+                options = self._submit_options(task)
             except Exception as error:
                 self._report(uid, TaskState.FAILED, exception=error)
                 continue
-            self._key_of[uid] = key
-            self._futures[key] = (uid, future)
-            launched.append((uid, key, future))
+            groups.setdefault(repr(options), (options, []))[1].append((uid, key, payload))
+        launched: list[Launched] = []
+        for options, members in groups.values():
+            launched += self._submit_group(client, options, members)
         if launched:
-            client.loop.add_callback(self._start_watchers, launched)
+            client.loop.add_callback(watcher.watch, launched)
+
+    def _submit_group(
+        self, client: Client, options: dict[str, Any], members: list[tuple[str, str, bytes]]
+    ) -> list[Launched]:
+        """Submit tasks with the same submit options in one `Client.map` (one graph update)."""
+        uids, keys, payloads = zip(*members, strict=True)
+        try:
+            futures = client.map(
+                run_on_worker, payloads, [self._topic] * len(keys), keys,
+                key=list(keys), pure=False, retries=0, **options,
+            )
+        except Exception as error:
+            for uid in uids:
+                self._report(uid, TaskState.FAILED, exception=error)
+            return []
+        return [Launched(*member) for member in zip(uids, keys, futures, strict=True)]
 
     async def _cancel(self, uids: list[str]) -> None:
-        client = self._client
-        futures = []
-        for uid in uids:
-            key = self._key_of.get(uid)
-            entry = self._futures.get(key) if key else None
-            if entry is not None:
-                self._cancelling.add(key)
-                futures.append(entry[1])
-        if client is None or not futures:
-            return
-        await self._on_client_loop(client.cancel(
-            futures, asynchronous=True, reason=CANCEL_REASON,
-            msg="Cancelled by the rhapsody dask backend",
-        ))
+        if self._client is not None and self._watcher is not None:
+            await self._on_client_loop(self._watcher.cancel(uids))
 
     async def _shutdown(self) -> None:
         await asyncio.to_thread(self._close)
@@ -268,83 +250,6 @@ class DaskBackend(ExecutionBackend):
         future = asyncio.run_coroutine_threadsafe(coro, self._client.loop.asyncio_loop)
         return await asyncio.wrap_future(future)
 
-    # ------------------------------------------------- on the client's loop
-    def _on_event(self, event: tuple[float, Any]) -> None:
-        _, key = event
-        entry = self._futures.get(key)
-        if entry is not None and self._key_of.get(entry[0]) == key:
-            self._report(entry[0], TaskState.EXECUTING)
-
-    def _start_watchers(self, launched: list[tuple[str, str, Future]]) -> None:
-        for uid, key, future in launched:
-            watcher = asyncio.ensure_future(self._watch(uid, key, future))
-            self._watchers.add(watcher)
-            watcher.add_done_callback(self._watchers.discard)
-
-    async def _watch(self, uid: str, key: str, future: Future) -> None:
-        client = self._client
-        state: TaskState
-        results: dict[str, Any]
-        try:
-            if client is None:
-                raise SchedulerLost("The Dask client was closed", self.backend_type)
-            (envelope,) = await client.gather([future], asynchronous=True)
-        except BaseException as error:  # every outcome must be reported
-            state, results = self._failure(uid, key, future, error)
-        else:
-            state, results = envelope.outcome()
-        del future
-        self._report(uid, state, **results)
-        loop = self.loop
-        if loop is not None:
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(self._forget, uid, key)
-
-    def _failure(
-        self, uid: str, key: str, future: Future, error: BaseException
-    ) -> tuple[TaskState, dict[str, Any]]:
-        state = DASK_STATES.get(future.status or "", TaskState.FAILED)
-        if state is TaskState.CANCELED:
-            reason = getattr(future._state.exception, "reason", None) if future._state else None
-            if key in self._cancelling or reason == CANCEL_REASON:
-                return TaskState.CANCELED, {}
-            if reason == "scheduler-connection-lost":
-                lost = SchedulerLost(
-                    f"Lost the connection to the Dask scheduler at {self._scheduler_address()}; "
-                    "the task's outcome is unknown",
-                    self.backend_type,
-                )
-                self._break(lost)
-                return TaskState.FAILED, {"exception": lost}
-            return TaskState.FAILED, {"exception": BackendError(
-                f"Dask cancelled task '{uid}' (key {key}): {error}", self.backend_type
-            )}
-        if isinstance(error, distributed.KilledWorker):
-            return TaskState.FAILED, {"exception": WorkerLost(
-                f"Task '{uid}' failed: KilledWorker: the Dask workers running it died "
-                f"({error})",
-                self.backend_type,
-                details={"key": key},
-            )}
-        if isinstance(error, asyncio.CancelledError):
-            error = BackendError(
-                f"The Dask client stopped watching task '{uid}'", self.backend_type
-            )
-        return TaskState.FAILED, {"exception": error}
-
-    def _scheduler_address(self) -> str:
-        with contextlib.suppress(Exception):
-            if self._client is not None and self._client.scheduler is not None:
-                return str(self._client.scheduler.address)
-        return str(self.address)
-
-    # ---------------------------------------------------- on the backend loop
-    def _forget(self, uid: str, key: str) -> None:
-        self._futures.pop(key, None)
-        self._cancelling.discard(key)
-        if self._key_of.get(uid) == key:
-            del self._key_of[uid]
-
     @property
     def client(self) -> Client | None:
         """The Dask client, once started."""
@@ -381,4 +286,4 @@ def _bokeh_hint() -> str:
     return ""
 
 
-__all__ = ["DASK_STATES", "DaskBackend", "SchedulerLost", "WorkerLost"]
+__all__ = ["DaskBackend"]
