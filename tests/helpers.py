@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import pathlib
 import time
 from collections.abc import Callable
 from typing import Any
+
+from rhapsody_prefect import TaskState
 
 
 def record_states(backend) -> dict[str, list[str]]:
@@ -79,3 +82,12 @@ def poll(read: Callable[[], Any], ready: Callable[[Any], bool], timeout: float =
         time.sleep(1)
         value = read()
     return value
+
+
+async def wait_for_state(backend, uid: str, state: TaskState, timeout: float = 60) -> None:
+    """Poll the backend until task `uid` is in `state` (AssertionError after `timeout` s)."""
+    for _ in range(int(timeout * 10)):
+        if backend.get_task_state(uid) == state:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{uid} never reached {state}: {backend.get_task_state(uid)}")

@@ -13,7 +13,7 @@ import pytest
 import rhapsody_prefect as rhapsody
 from rhapsody_prefect import BackendError, ConfigurationError, TaskError, TaskState
 
-from .helpers import pid_alive, record_states
+from .helpers import pid_alive, record_states, wait_for_state
 
 distributed = pytest.importorskip("distributed")
 
@@ -66,14 +66,6 @@ def kill_my_worker_first_time(counter: str) -> str:
 
 def kill_my_worker_always() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
-
-
-async def wait_for_state(backend, uid: str, state: TaskState, timeout: float = 60) -> None:
-    for _ in range(int(timeout * 10)):
-        if backend.get_task_state(uid) == state:
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"{uid} never reached {state}: {backend.get_task_state(uid)}")
 
 
 # ------------------------------------------------------------------ functions and commands

@@ -12,7 +12,7 @@ import pytest
 import rhapsody_prefect as rhapsody
 from rhapsody_prefect import TaskError, TaskState
 
-from .helpers import record_states
+from .helpers import record_states, wait_for_state
 
 distributed = pytest.importorskip("distributed")
 
@@ -72,14 +72,6 @@ async def our_tasks_on_client_loop(backend) -> int:
 
     future = asyncio.run_coroutine_threadsafe(count(), backend.client.loop.asyncio_loop)
     return await asyncio.wrap_future(future)
-
-
-async def wait_for_state(backend, uid: str, state: TaskState, timeout: float = 60) -> None:
-    for _ in range(int(timeout * 10)):
-        if backend.get_task_state(uid) == state:
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"{uid} never reached {state}: {backend.get_task_state(uid)}")
 
 
 async def test_one_batch_mixing_workers_and_priorities(backend):
