@@ -183,6 +183,7 @@ class ConcurrentBackend(ExecutionBackend):
                 f"({self.executor}s; commands as subprocesses)"]
 
     async def _execute(self, task: TaskDict) -> None:
+        """A command, or a function in process mode (thread mode: `_call_in_thread`)."""
         uid = task["uid"]
         self._report(uid, TaskState.EXECUTING)
         try:
