@@ -27,7 +27,11 @@ def main(argv: list[str]) -> int:
     from bench.workloads import runner_for
 
     try:
-        result = runner_for(spec["row"])(spec["row"], spec["workload"], spec["n"], spec)
+        if spec["row"].startswith("ensemble-"):  # bench/slurm.py --ensemble, bench/profile.py
+            from bench.ensemble_rows import run_ensemble as run
+        else:
+            run = runner_for(spec["row"])
+        result = run(spec["row"], spec["workload"], spec["n"], spec)
     except BaseException as error:  # report, never hang the parent
         traceback.print_exc()
         result = {"error": f"{type(error).__name__}: {error}"[:300]}

@@ -326,8 +326,4 @@ def runner_for(row: str) -> Callable[[str, str, int, dict[str, Any]], dict[str, 
         return run_prefect
     if row == "raw-rp":
         return run_raw_rp
-    if row.startswith("ensemble-"):  # bench/slurm.py --ensemble, bench/profile.py
-        from bench.ensemble_rows import run_ensemble
-
-        return run_ensemble
     return run_api
