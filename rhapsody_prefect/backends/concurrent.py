@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import signal
 import socket
@@ -159,7 +160,13 @@ class ConcurrentBackend(ExecutionBackend):
             else:
                 runner = asyncio.ensure_future(self._execute(task))
             self._running[uid] = runner
-            runner.add_done_callback(lambda _, uid=uid: self._running.pop(uid, None))
+            runner.add_done_callback(functools.partial(self._forget_runner, uid))
+
+    def _forget_runner(self, uid: str, runner: asyncio.Task[None] | Future[None]) -> None:
+        # A pool thread's callback may come after the engine launched the task's next
+        # attempt: forget only this attempt's runner, never the retry's.
+        if self._running.get(uid) is runner:
+            del self._running[uid]
 
     async def _cancel(self, uids: list[str]) -> None:
         for uid in uids:
