@@ -46,6 +46,7 @@ from ..backends.discovery import BackendRegistry, get_backend
 from ..core.exceptions import ConfigurationError
 from .dispatch import BodyDispatcher, wait_for_futures
 from .loop_thread import LoopThread
+from .pacing import StartPacer
 from .timeline import TransitionLines, notice_listener
 
 logger = logging.getLogger("rhapsody_prefect.runner")
@@ -71,7 +72,7 @@ class RhapsodyRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
 
     #: Attributes that live only while the runner runs (never pickled or duplicated).
     _RUNTIME = ("_stack", "_loop_thread", "_dispatcher", "_client_context", "_backend_lock",
-                "_inflight", "_cancelling", "_children")
+                "_inflight", "_cancelling", "_children", "_pacer")
 
     def __init__(
         self,
@@ -141,6 +142,7 @@ class RhapsodyRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         self._inflight: set[concurrent.futures.Future[Any]] = set()
         self._cancelling = False
         self._children: weakref.WeakSet[RhapsodyRunner] = weakref.WeakSet()
+        self._pacer = StartPacer()
 
     # --------------------------------------------------------------- TaskRunner
     @property
@@ -283,6 +285,7 @@ class RhapsodyRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
             await wait_for_futures(parameters, wait_for)
         except Exception as error:  # a foreign future that cannot be waited on
             logger.warning("Waiting for upstream futures failed: %r", error)
+        await self._pacer.turn()  # a few engine starts per loop iteration (adapter/pacing.py)
         try:
             return await run_task_async(
                 task=dispatcher.proxy(task),
