@@ -142,3 +142,16 @@ def test_bodies_run_while_later_task_runs_start() -> None:
         f"the first body ran {min(ran) - min(RUNNING_AT):.3f} s after the first task run "
         f"started, the last task run {max(RUNNING_AT) - min(RUNNING_AT):.3f} s after it"
     )
+
+
+def test_a_runner_entered_again_starts_its_task_runs() -> None:
+    """A second entry runs on a new loop thread; its task runs start too (the pacer
+    holds no loop, and each entry gets a fresh one)."""
+    runner = RhapsodyRunner("concurrent", max_workers=2, transition_log_level=None,
+                            artifacts=False)
+    for _ in range(2):
+        with runner:
+            futures = [runner.submit(stamp, {"i": i}) for i in range(10)]
+            for future in futures:
+                future.wait(timeout=60)
+            assert all(future.state.is_completed() for future in futures)

@@ -4,7 +4,8 @@
     from rhapsody_prefect.adapter.executable import executable_task, task_resources
 
 Modules: `runner` (RhapsodyRunner: the TaskRunner and its lifecycle), `loop_thread`
-(the event loop every task run of a flow run shares), `dispatch` (one task body
+(the event loop every task run of a flow run shares), `pacing` (a few task runs
+start per loop iteration), `dispatch` (one task body
 as a backend task, awaited), `timeline` (per-task transition lines and replayed
 body logs), `states` (RHAPSODY TaskState -> Prefect state, and the Prefect result
 of a finished backend task), `executable` (executable_task, task_resources).

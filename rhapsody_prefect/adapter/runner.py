@@ -177,6 +177,7 @@ class RhapsodyRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         self._cancelling = False
         self._stack = contextlib.ExitStack()
         loop_thread = LoopThread(name=f"rhapsody-{self.backend_name}-runner")
+        self._pacer = StartPacer()  # a fresh one per loop: no turn left over from the last
         self._stack.callback(loop_thread.stop)
         self._loop_thread = loop_thread
         return self
