@@ -16,7 +16,6 @@ import argparse
 import datetime
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -28,7 +27,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.env import REPO, base_env, dask_cluster, prefect_server, server_settle
-from bench.report import markdown_table, summarize, text_table
+from bench.report import markdown_table, replace_section, summarize, text_table
 
 MARKER = "ENSEMBLE-RESULT "
 SECTION = Path(__file__).resolve().parent / "ensemble_section.md"
@@ -253,16 +252,7 @@ def section(meta: dict[str, Any], ratios: list[list[str]], table: list[list[str]
 
 def write_docs(text: str, out: Path) -> None:
     """The section in out/benchmarks.md; for docs/, also the copy `bench/run.py` includes."""
-    if out.resolve() == (REPO / "docs").resolve():
-        SECTION.write_text(text)
-    target = out / "benchmarks.md"
-    current = target.read_text() if target.exists() else ""
-    pattern = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END) + "\n?", re.DOTALL)
-    if pattern.search(current):
-        current = pattern.sub(lambda _: text, current)
-    else:
-        current = current.rstrip("\n") + "\n\n" + text
-    target.write_text(current)
+    replace_section(text, out, BEGIN, END, SECTION)
 
 
 def plot(summary: dict[Any, Any], ratios: list[list[str]], path: Path, title: str) -> None:

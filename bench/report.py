@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 import statistics
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from bench.env import REPO
 from bench.plan import RATIOS, SCALING_ROWS, SCALING_TARGET
 from bench.workloads import ROWS
 
@@ -223,3 +225,20 @@ def plot(summary: dict[Key, dict[str, Any]], verdicts: list[dict[str, Any]], pat
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def replace_section(text: str, out: Path, begin: str, end: str, copy: Path) -> None:
+    """Put a section (`text`, from its `begin` to its `end` marker) into out/benchmarks.md,
+    in place of the old one or appended; for docs/, also into `copy`, the file
+    `bench/run.py` includes when it rewrites benchmarks.md."""
+    if out.resolve() == (REPO / "docs").resolve():
+        copy.write_text(text)
+    target = out / "benchmarks.md"
+    current = target.read_text() if target.exists() else ""
+    pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end) + "\n?", re.DOTALL)
+    if pattern.search(current):
+        current = pattern.sub(lambda _: text, current)
+    else:
+        current = current.rstrip("\n") + "\n\n" + text
+    out.mkdir(parents=True, exist_ok=True)
+    target.write_text(current)

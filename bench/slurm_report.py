@@ -10,12 +10,11 @@ the same repeat (see `paired_ratio`).
 
 from __future__ import annotations
 
-import re
 import statistics
 from pathlib import Path
 from typing import Any
 
-from bench.env import REPO
+from bench.report import replace_section
 
 SECTION = Path(__file__).resolve().parent / "slurm_section.md"
 #: Hand-written findings, included at the end of the section.
@@ -182,14 +181,4 @@ def section(results: list[dict[str, Any]], n: int, repeats: int, meta: dict[str,
 
 def write_docs(text: str, out: Path) -> None:
     """The section in out/benchmarks.md; for docs/, also the copy `bench/run.py` includes."""
-    if out.resolve() == (REPO / "docs").resolve():
-        SECTION.write_text(text)
-    target = out / "benchmarks.md"
-    current = target.read_text() if target.exists() else ""
-    pattern = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END) + "\n?", re.DOTALL)
-    if pattern.search(current):
-        current = pattern.sub(lambda _: text, current)
-    else:
-        current = current.rstrip("\n") + "\n\n" + text
-    out.mkdir(parents=True, exist_ok=True)
-    target.write_text(current)
+    replace_section(text, out, BEGIN, END, SECTION)
