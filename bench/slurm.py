@@ -3,6 +3,7 @@
     .venv/bin/python bench/slurm.py                   # 200 x /bin/true, 3 runs, both layouts
     .venv/bin/python bench/slurm.py --layout login    # only the login-node layout
     .venv/bin/python bench/slurm.py --n 10 --repeats 1 --out /tmp/slurm-bench   # smoke
+    .venv/bin/python bench/slurm.py --layout login --profile rhapsody-rp   # + py-spy stacks
 
 Starts a Slurm cluster of its own with scripts/slurm-cluster.sh (2 nodes x 2 CPUs,
 its own work directory and ports; root, `slurm-wlm` and `munge` needed; see
@@ -21,6 +22,7 @@ on CPU 0 (the login node), the Slurm daemons and so the pilot's agent and every
 `shared`: everything on every CPU, as when a flow runs on the machine that also runs
 its tasks; there Prefect's own work per task run takes CPU from the agent.
 
+The report (rows, layouts, the Markdown section) is `bench/slurm_report.py`.
 Rows: `rhapsody-rp` (a Prefect flow, `RhapsodyRunner("radical_pilot")`), `raw-rp`
 (RADICAL-Pilot's own Session/TaskManager) and `api-rp` (the RHAPSODY API, the
 floor). Writes the section "Slurm" of docs/benchmarks.md (kept in
@@ -215,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
         n, repeats = meta.pop("n"), meta.pop("repeats")
         write_docs(section(results, n, repeats, meta), args.out)
         return 0
+    if args.profile and not (VENV_BIN / "py-spy").exists():
+        parser.error(f"--profile needs py-spy in {VENV_BIN} (pip install py-spy)")
     layouts = LAYOUTS if args.layout == "both" else (args.layout,)
     if "login" in layouts and (LOGIN_CPU not in os.sched_getaffinity(0) or not compute_cpus()):
         parser.error(f"--layout login needs CPU {LOGIN_CPU} and at least one other CPU; "
