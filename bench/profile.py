@@ -26,6 +26,14 @@ from bench.env import VENV_BIN, base_env, prefect_server
 CHILD = Path(__file__).resolve().parent / "child.py"
 
 
+def py_spy_record(command: list[str], output: Path, rate: int, idle: bool = False) -> list[str]:
+    """`command` under `py-spy record`: raw collapsed stacks of every thread to `output`
+    (idle threads too with `idle`)."""
+    return [str(VENV_BIN / "py-spy"), "record", "--format", "raw", "--threads",
+            "--rate", str(rate), "-o", str(output), *(["--idle"] if idle else []),
+            "--", *command]
+
+
 def top_functions(raw: Path, limit: int, match: str) -> list[tuple[int, str]]:
     """Inclusive samples per frame (file:function), over stacks containing `match`."""
     counts: collections.Counter[str] = collections.Counter()
@@ -70,9 +78,7 @@ def main() -> int:
         raw = work / "profile.txt"
         command = [sys.executable, str(CHILD), json.dumps(spec)]
         if not args.no_profile:
-            command = [str(VENV_BIN / "py-spy"), "record", "--format", "raw", "--threads",
-                       "--rate", "200", "-o", str(raw), *(["--idle"] if args.idle else []),
-                       "--", *command]
+            command = py_spy_record(command, raw, rate=200, idle=args.idle)
         completed = subprocess.run(command, env={**os.environ, **env}, cwd=work,
                                    capture_output=True, text=True)
         print(completed.stdout.strip().splitlines()[-1] if completed.stdout else

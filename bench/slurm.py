@@ -49,6 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.child import MARKER
 from bench.env import REPO, VENV_BIN, base_env, prefect_server, server_settle
+from bench.profile import py_spy_record
 from bench.slurm_report import CPUS, GROUPS, LAYOUTS, LOGIN_CPU, NODES, section, write_docs
 
 SCRIPT = REPO / "scripts" / "slurm-cluster.sh"
@@ -105,8 +106,7 @@ def run_child(spec: dict[str, Any], env: dict[str, str], log: Path,
     timeout = 900 + spec["n"] * 1.0
     command = [sys.executable, str(CHILD), json.dumps(spec)]
     if profile is not None:
-        command = [str(VENV_BIN / "py-spy"), "record", "--format", "raw", "--threads",
-                   "--rate", "100", "-o", str(profile), "--", *command]
+        command = py_spy_record(command, profile, rate=100)
     with open(log, "a") as stream:
         stream.write(f"\n===== {json.dumps(spec)}\n")
         stream.flush()
