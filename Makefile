@@ -10,7 +10,7 @@ NO_ANALYTICS := PREFECT_SERVER_ANALYTICS_ENABLED="$${PREFECT_SERVER_ANALYTICS_EN
   DO_NOT_TRACK="$${DO_NOT_TRACK:-1}"
 # RADICAL-Pilot starts helper executables from the virtualenv's bin.
 RUN := PATH="$(abspath $(VENV))/bin:$$PATH" VIRTUAL_ENV="$(abspath $(VENV))" $(NO_ANALYTICS)
-# postgresql: tests/test_prefect_yaml_deploy.py runs `prefect server` on a throwaway cluster
+# postgresql: tests/system/test_prefect_yaml_deploy.py runs `prefect server` on a throwaway cluster
 # (initdb/pg_ctl from /usr/lib/postgresql/*/bin, started and stopped by the test).
 DEBIAN_PACKAGES := mpich chromium fonts-liberation slurm-wlm munge postgresql
 
@@ -56,7 +56,7 @@ bench: $(VENV)/.installed-test
 # Regenerate the committed docs/ui-flow-run.png (the tests write their screenshots to temp dirs).
 screenshot: system-deps $(VENV)/.installed-test
 	RHAPSODY_UI_SCREENSHOT="$(abspath docs/ui-flow-run.png)" $(RUN) $(PY) -m pytest -ra \
-	  -m "slow or not slow" tests/test_ui.py
+	  -m "slow or not slow" tests/system/test_ui.py
 
 # A real 2-node Slurm on this machine (root; see docs/hpc.md). Then: eval "$$(scripts/slurm-cluster.sh env)"
 slurm-up: system-deps
