@@ -13,7 +13,7 @@
 
     >>> from rhapsody_prefect.adapter.states import to_prefect
     >>> to_prefect("RETRYING")
-    (<StateType.SCHEDULED: 'SCHEDULED'>, 'AwaitingRetry')
+    (StateType.SCHEDULED, 'AwaitingRetry')
 
 `await prefect_result(task_dict)` is the one place that turns a finished backend
 task into what the Prefect engine records: the body's return value, an

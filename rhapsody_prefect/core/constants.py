@@ -2,7 +2,7 @@
 
 States are `str` enums, so they compare equal to their plain names:
 
-    >>> from rhapsody_prefect.constants import TaskState
+    >>> from rhapsody_prefect.core.constants import TaskState
     >>> TaskState.COMPLETED == "COMPLETED"
     True
     >>> TaskState.COMPLETED.is_terminal

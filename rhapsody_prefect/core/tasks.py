@@ -5,7 +5,7 @@ Python callable (`function` + `args` + `kwargs`), with optional resources. The
 backend writes its results back into the same dict (`state`, `exit_code`,
 `stdout`, `stderr`, `return_value`, `exception`).
 
-    >>> from rhapsody_prefect.tasks import validate_task
+    >>> from rhapsody_prefect.core.tasks import validate_task
     >>> task = validate_task({"executable": "/bin/echo", "arguments": ["hi"]})
     >>> task["ranks"], task["retries"]
     (1, 0)
