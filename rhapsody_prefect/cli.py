@@ -34,6 +34,7 @@ from typing import Literal
 
 from .backends.discovery import BackendRegistry, list_backends, why_unavailable
 from .core.launchers import MPI_LAUNCHERS
+from .core.machine import usable_cores
 
 Status = Literal["ok", "warn", "fail", "info"]
 
@@ -120,13 +121,6 @@ def _version(dist: str) -> str | None:
         return None
 
 
-def cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
 def gpu_count() -> tuple[int, str]:
     """GPUs visible here, and how they were found (nvidia-smi, rocm-smi, /dev)."""
     for tool, args in (("nvidia-smi", ["-L"]), ("rocm-smi", ["--showid"])):
@@ -154,7 +148,8 @@ def check_machine() -> list[Check]:
     return [
         _check("machine", "python", sys.version_info >= (3, 11),
                f"{sys.version.split()[0]} at {sys.executable}", required=True),
-        Check("machine", "cpus", "info", f"{cpu_count()} usable (os.cpu_count {os.cpu_count()})"),
+        Check("machine", "cpus", "info",
+              f"{usable_cores()} usable (os.cpu_count {os.cpu_count()})"),
         Check("machine", "gpus", "info", gpu_detail),
     ]
 

@@ -16,11 +16,11 @@ import dataclasses
 import importlib
 import logging
 import math
-import os
 from collections.abc import Mapping
 from typing import Any
 
 from ...core.exceptions import ConfigurationError, refuse_unknown_options
+from ...core.machine import usable_cores
 
 #: `resources=` keys: the size of a LocalCluster the backend starts.
 CLUSTER_SIZE_KEYS = ("threads", "workers", "threads_per_worker", "memory_limit")
@@ -263,9 +263,8 @@ def cluster_size(resources: Mapping[str, Any] | None) -> dict[str, Any]:
 
 
 def _workers_for(threads: int) -> int:
-    """Worker processes for `threads` threads: the largest divisor <= CPU count."""
-    cpus = os.cpu_count() or 1
-    return max(n for n in range(1, min(threads, cpus) + 1) if threads % n == 0)
+    """Worker processes for `threads` threads: the largest divisor <= the usable cores."""
+    return max(n for n in range(1, min(threads, usable_cores()) + 1) if threads % n == 0)
 
 
 def load_cluster_class(cluster_class: str | type | None) -> type:

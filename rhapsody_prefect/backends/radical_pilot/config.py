@@ -21,12 +21,12 @@ the label must be one RP knows, or come with an inline `resource_config`
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from ...core.exceptions import ConfigurationError
+from ...core.machine import usable_cores
 from . import loopback
 from .resource_configs import is_this_machine, resource_config, schema_of
 from .rp_import import rp
@@ -35,13 +35,6 @@ LOCAL_RESOURCE = "local.localhost"
 #: Pilot description keys the backend sets itself.
 MANAGED_PILOT_KEYS = frozenset({"uid", "exit_on_error"})
 RAPTOR_DEFAULTS: dict[str, int] = {"workers": 1, "cores_per_worker": 1, "gpus_per_worker": 0}
-
-
-def machine_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 def _check_type(key: str, value: Any, expected: Any) -> None:
@@ -105,7 +98,7 @@ def pilot_resources(
                 "resources['cores']",
                 config_key="cores",
             )
-        result["cores"] = machine_cores()
+        result["cores"] = usable_cores()
     result.setdefault("runtime", 1440 if is_this_machine(config) else 60)
     description = rp.PilotDescription(dict(result))
     try:
@@ -331,7 +324,6 @@ __all__ = [
     "LOCAL_RESOURCE",
     "PilotConfig",
     "PilotShape",
-    "machine_cores",
     "network_interface",
     "pilot_config",
     "pilot_description",
