@@ -8,6 +8,7 @@ the watchdog ends every registered group, tree and command, and nothing forgotte
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import subprocess
@@ -188,13 +189,23 @@ def test_a_forked_child_does_not_hold_the_pipe_open(started) -> None:
         os.waitpid(child, 0)
 
 
-def test_a_guard_whose_watchdog_is_gone_does_not_raise(started) -> None:
+def test_a_guard_whose_watchdog_is_gone_does_not_raise(
+    started, caplog: pytest.LogCaptureFixture
+) -> None:
     guard = Guard("test")
     command = sleeper(started)
     guard.kill_group(command.pid)
     watchdog = psutil.Process(guard.pid)
     watchdog.kill()
     watchdog.wait(10)
-    guard.kill_group(command.pid)  # EPIPE: logged, not raised
-    guard.forget(1)
-    guard.close()
+    with caplog.at_level(logging.WARNING, logger="rhapsody_prefect.guard"):
+        guard.kill_group(command.pid)  # EPIPE: logged, not raised
+        guard.forget(1)
+        guard.kill_tree(command.pid)
+        guard.close()
+    warnings = [r for r in caplog.records if r.name == "rhapsody_prefect.guard"]
+    assert [r.levelno for r in warnings] == [logging.WARNING], caplog.text
+    message = warnings[0].getMessage()
+    assert message.startswith("The test watchdog is gone (") and "Broken pipe" in message
+    assert "are not ended if this process dies" in message
+    assert pid_alive(command.pid), "a broken guard must not end what it guarded"
