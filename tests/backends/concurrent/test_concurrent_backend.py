@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import pathlib
 import signal
 import threading
 import time
@@ -145,20 +146,33 @@ async def test_cancel_queued_task_never_runs(tmp_path):
     assert seen["blocker"][-1] == "COMPLETED"
 
 
-async def test_cancel_running_process_function():
+def _nap_reporting_pid(pid_file: str, seconds: float) -> None:
+    pathlib.Path(pid_file).write_text(str(os.getpid()))
+    time.sleep(seconds)
+
+
+async def test_cancel_running_process_function(tmp_path):
+    pid_file = tmp_path / "nap.pid"
     async with rhapsody.get_backend("concurrent", max_workers=1, executor="process") as backend:
-        await backend.submit_tasks([{"uid": "nap", "function": time.sleep, "args": (60,)}])
-        while backend.get_task_state("nap") != TaskState.EXECUTING:
+        seen = record_states(backend)
+        await backend.submit_tasks([
+            {"uid": "nap", "function": _nap_reporting_pid, "args": (str(pid_file), 60)}
+        ])
+        while not (pid_file.exists() and pid_file.read_text()):
             await asyncio.sleep(0.05)
-        await asyncio.sleep(0.5)
-        started = time.monotonic()
+        nap_worker = int(pid_file.read_text())
+        assert backend.get_task_state("nap") == TaskState.EXECUTING
         assert await backend.cancel_task("nap") is True
-        assert time.monotonic() - started < 5
         # the pool recovers: a new worker runs the next task
         tasks = [{"function": _pid}]
         await backend.submit_tasks(tasks)
         await backend.wait(timeout=60)
         assert tasks[0]["state"] == TaskState.COMPLETED
+        # The cancel ended the worker in the middle of its 60 s sleep (a cancel that waited
+        # for the body would leave the pool's worker alive), and another worker ran the next.
+        assert not pid_alive(nap_worker)
+        assert tasks[0]["return_value"] != nap_worker
+    assert seen["nap"][-1] == "CANCELED" and "COMPLETED" not in seen["nap"]
 
 
 @pytest.mark.parametrize("executor", ["thread", "process"])
