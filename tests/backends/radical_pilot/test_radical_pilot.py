@@ -30,6 +30,7 @@ from rhapsody_prefect.exceptions import (  # noqa: E402
     ConfigurationError,
     TaskError,
 )
+from tests.helpers import pid_alive, wait_until  # noqa: E402
 
 pytestmark = [
     pytest.mark.slow,
@@ -253,16 +254,27 @@ async def test_function_tasks(backend: RadicalPilotBackend) -> None:
     assert "raptor_worker_running" in backend.timings
 
 
-async def test_cancel(backend: RadicalPilotBackend) -> None:
+def sleep_reporting_pid(pid_file: str, done_file: str, seconds: float) -> None:
+    Path(pid_file).write_text(str(os.getpid()))
+    time.sleep(seconds)
+    Path(done_file).write_text("slept to the end")
+
+
+async def test_cancel(backend: RadicalPilotBackend, tmp_path: Path) -> None:
+    exe_pid, exe_done = tmp_path / "exe.pid", tmp_path / "exe.done"
+    fn_pid, fn_done = tmp_path / "fn.pid", tmp_path / "fn.done"
     await backend.submit_tasks([
-        {"uid": "c.exe", "executable": "/bin/sleep", "arguments": ["60"]},
-        {"uid": "c.fn", "function": time.sleep, "args": (60,)},
+        {"uid": "c.exe", "executable": "/bin/sh",
+         "arguments": ["-c", f"echo $$ > {exe_pid}; /bin/sleep 60; echo > {exe_done}"]},
+        {"uid": "c.fn", "function": sleep_reporting_pid,
+         "args": (str(fn_pid), str(fn_done), 60)},
     ])
-    await asyncio.sleep(3)
-    t0 = time.monotonic()
+    for started in (exe_pid, fn_pid):
+        while not (started.exists() and started.read_text().strip()):
+            await asyncio.sleep(0.1)
+    bodies = {"c.exe": int(exe_pid.read_text()), "c.fn": int(fn_pid.read_text())}
     assert await backend.cancel_task("c.exe") is True
     assert await backend.cancel_task("c.fn") is True
-    assert time.monotonic() - t0 < 8
     assert backend.get_task_state("c.exe") == TaskState.CANCELED
     assert backend.get_task_state("c.fn") == TaskState.CANCELED
     # The cancelled call was interrupted: the (single) raptor worker is free again.
@@ -271,6 +283,11 @@ async def test_cancel(backend: RadicalPilotBackend) -> None:
     await backend.wait(timeout=40)
     assert backend.get_task("c.after")["return_value"] == 2
     print(f"\nfunction task after a cancelled one: {time.monotonic() - t0:.1f}s")
+    # Both bodies were ended in their 60 s sleep, not waited for: their processes are
+    # gone and neither reached the line after its sleep.
+    assert wait_until(lambda: not any(pid_alive(pid) for pid in bodies.values()), timeout=30), \
+        {uid: pid for uid, pid in bodies.items() if pid_alive(pid)}
+    assert not exe_done.exists() and not fn_done.exists()
 
 
 async def test_timeout_and_retry(backend: RadicalPilotBackend, tmp_path: Path) -> None:
