@@ -15,6 +15,7 @@ import subprocess
 import tempfile
 import time
 
+import psutil
 import pytest
 
 from tests.fixtures_slurm import SCRIPT, SlurmCluster, _free_ports
@@ -75,15 +76,28 @@ def test_srun_spans_both_nodes(slurm_cluster: SlurmCluster, tmp_path: pathlib.Pa
     assert queue(slurm_cluster) == []
 
 
+def slurm_daemons(cluster: SlurmCluster) -> dict[int, float]:
+    """The cluster's slurmctld and slurmds (started with `-f <its slurm.conf>`): pid -> start."""
+    return {p.pid: p.create_time() for p in psutil.process_iter(["name", "cmdline"])
+            if p.info["name"] in ("slurmctld", "slurmd")
+            and str(cluster.conf) in (p.info["cmdline"] or [])}
+
+
 def test_start_is_idempotent(slurm_cluster: SlurmCluster) -> None:
     pid_files = sorted((slurm_cluster.dir / "run").glob("*.pid"))
     pids = [p.read_text().strip() for p in pid_files]
     assert len(pid_files) == 1 + len(slurm_cluster.nodes)
-    started = time.monotonic()
+    daemons = slurm_daemons(slurm_cluster)
+    assert {int(pid) for pid in pids} <= set(daemons), (pids, daemons)
+    conf = slurm_cluster.conf.stat()
     done = slurm_cluster.script("start")
     assert done.returncode == 0, done.stderr
     assert "already up" in done.stdout
-    assert time.monotonic() - started < 10
+    # Nothing was started, restarted or rewritten: the same daemon processes (same pids,
+    # same start times, none added), the same config file, no "up:"/"restarting" path.
+    assert "partly up" not in done.stdout and "up: " not in done.stdout, done.stdout
+    assert slurm_daemons(slurm_cluster) == daemons
+    assert slurm_cluster.conf.stat().st_mtime_ns == conf.st_mtime_ns
     assert [p.read_text().strip() for p in pid_files] == pids
     status = slurm_cluster.script("status")
     assert status.returncode == 0, status.stdout + status.stderr
