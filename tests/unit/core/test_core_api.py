@@ -13,7 +13,12 @@ import threading
 import pytest
 
 import rhapsody_prefect as rhapsody
-from rhapsody_prefect.backends.base import BaseBackend, BaseExecutionBackend, ExecutionBackend
+from rhapsody_prefect.backends.base import (
+    BaseBackend,
+    BaseExecutionBackend,
+    ExecutionBackend,
+    Outcome,
+)
 from rhapsody_prefect.core.constants import BackendType, Defaults, TaskState
 from rhapsody_prefect.core.tasks import validate_task
 from rhapsody_prefect.exceptions import (
@@ -111,10 +116,10 @@ class _EchoBackend(ExecutionBackend):
 
     backend_type = "echo"
 
-    async def _launch(self, tasks):
-        for task in tasks:
-            self._report(task["uid"], TaskState.EXECUTING)
-            self._report(task["uid"], TaskState.COMPLETED, return_value=task["args"])
+    async def _launch(self, attempts):
+        for attempt in attempts:
+            self._report(attempt, TaskState.EXECUTING)
+            self._report(attempt, Outcome.completed(attempt.task["args"]))
 
 
 async def test_register_backend_class_and_import_path():
@@ -208,7 +213,18 @@ def test_reference_error_handling_example(capsys):
     assert "Task test_task failed with exit code 1" in capsys.readouterr().out
 
 
-def test_reference_backend_discovery_example(capsys):
+def test_reference_backend_discovery_example(capsys, monkeypatch):
+    # Threads this test starts (directly or through a pool it creates), not the ones
+    # earlier tests left behind: creating a backend must start nothing.
+    started: list[threading.Thread] = []
+    start, caller = threading.Thread.start, threading.current_thread()
+
+    def recording_start(thread: threading.Thread) -> None:
+        if threading.current_thread() is caller:
+            started.append(thread)
+        start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", recording_start)
     print("Available backends:")
     for backend_name in rhapsody.list_backends():
         try:
@@ -216,9 +232,10 @@ def test_reference_backend_discovery_example(capsys):
             print(f"  {backend_name}: {backend.__class__.__name__}")
         except Exception as e:
             print(f"  {backend_name}: Not available ({e})")
+    monkeypatch.undo()
     out = capsys.readouterr().out
     assert "concurrent: ConcurrentBackend" in out
-    assert threading.active_count() < 50
+    assert [thread.name for thread in started if thread.is_alive()] == []
 
 
 def test_reference_custom_backend_registration(capsys):
