@@ -29,7 +29,7 @@ from ...core.exceptions import ConfigurationError
 from ...core.machine import usable_cores
 from . import loopback
 from .resource_configs import is_this_machine, resource_config, schema_of
-from .rp_import import rp
+from .rp_import import rp, unsupported_releases
 
 LOCAL_RESOURCE = "local.localhost"
 #: Pilot description keys the backend sets itself.
@@ -272,7 +272,11 @@ def pilot_config(
     pending_timeout: float = 86400.0,
     interface: Any = None,
 ) -> PilotConfig:
-    """Check the pilot, the resource and raptor; split the cores (see the module docs)."""
+    """Check the RP release, the pilot, the resource and raptor; split the cores (see the
+    module docs)."""
+    unsupported = unsupported_releases()
+    if unsupported:  # before anything starts: an untested RP fails later, and obscurely
+        raise ConfigurationError(f"radical_pilot: {unsupported}", config_key="radical.pilot")
     if (isinstance(pending_timeout, bool) or not isinstance(pending_timeout, (int, float))
             or pending_timeout <= 0):
         raise ConfigurationError(

@@ -20,8 +20,12 @@ processes RP *executes by name from PATH*: `radical-pilot-bridge`,
 daemonize (their parent becomes pid 1). A patch in the client process reaches
 only the first two groups. This module reaches all of them:
 
-1. `install(address)` replaces the two bind points in *this* process (and what it
-   forks) with binds on `address` (default 127.0.0.1) that advertise it.
+1. `install(address)` makes the two bind points in *this* process (and what it
+   forks) bind on `address` (default 127.0.0.1) and advertise it. Only the bind
+   address is replaced: RU's own `zmq_bind` still runs (its ports, its retries) on a
+   socket whose wildcard bind lands on `address`, and `Server` gets `address` as its
+   interface. Upstream-shaped, the fix is `zmq_bind(sock, iface=None)` binding
+   `tcp://{iface or '*'}:<port>` and advertising `iface or get_hostip()`.
    Reference-counted: `uninstall()` restores RU's functions when the last user is done.
 2. `loopback_wrappers.Loopback(directory, iface)` writes small wrapper executables,
    one per RP helper, that resolve the IPv4 address of interface `iface` *on the node
@@ -42,8 +46,9 @@ it only when the backend's `network_interface` option names an interface (comput
 nodes must reach the client's proxy): then the wrappers and the hook live in the run
 directory, which must be on a file system the compute nodes see. `check()` refuses
 any radical.utils / radical.pilot whose shape differs from the one validated here
-(version series and the exact code of every replaced function), so an upgrade
-fails loudly instead of silently binding all interfaces again.
+(the exact code of `zmq_bind`, the lines of every other point it relies on), so an
+upgrade fails loudly instead of silently binding all interfaces again; the releases
+themselves are checked when the backend is created (`rp_import.unsupported_releases`).
 
 Usage (what the radical_pilot backend does for a local pilot)::
 
@@ -71,7 +76,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib
-import importlib.metadata
 import importlib.util
 import inspect
 import os
@@ -84,12 +88,11 @@ from typing import Any
 
 #: The address RP's endpoints bind to (and advertise) by default once installed.
 LOOPBACK = "127.0.0.1"
-#: radical.utils / radical.pilot release series this remedy was validated against.
-SUPPORTED_SERIES = {"radical.utils": ("1.103",), "radical.pilot": ("1.103",)}
-#: sha256 of `inspect.getsource(radical.utils.zmq.utils.zmq_bind)` in the
-#: validated releases: the function replaced in full. Any change fails `check()`.
+#: sha256 of `inspect.getsource(radical.utils.zmq.utils.zmq_bind)`: the code the
+#: patch relies on (it binds `'tcp://*:%s' % port`, advertises LAST_ENDPOINT with
+#: `get_hostip()`). The same in radical.utils 1.100.0, 1.102.0, 1.103.0 and 1.103.1.
 ZMQ_BIND_SHA256 = frozenset({
-    "8255f6c2cd299cb4bbf907dd5ed53e653763f18d79cea2339b98b63139af8c18",  # radical.utils 1.103.1
+    "8255f6c2cd299cb4bbf907dd5ed53e653763f18d79cea2339b98b63139af8c18",
 })
 #: RP helper executables RP starts by name; each gets a wrapper.
 HELPERS = (
@@ -108,7 +111,6 @@ _ZMQ_BIND_USERS = (
     "radical.utils.zmq.pipe",
 )
 _WILDCARDS = ("*", "0.0.0.0", "")
-_BIND_ATTEMPTS = 1000
 
 
 class LoopbackUnsupported(RuntimeError):
@@ -116,21 +118,6 @@ class LoopbackUnsupported(RuntimeError):
 
 
 # ------------------------------------------------------------------- the check
-def _series(package: str) -> str:
-    try:
-        version = importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError as error:
-        raise LoopbackUnsupported(f"{package} is not installed") from error
-    if not version.startswith(tuple(f"{s}." for s in SUPPORTED_SERIES[package])):
-        raise LoopbackUnsupported(
-            f"{package} {version} is not a release this loopback remedy was validated "
-            f"against ({', '.join(SUPPORTED_SERIES[package])}.x); its ZMQ endpoints might "
-            "bind all interfaces again. Re-validate rp_loopback (see its docstring) "
-            "before allowing this version."
-        )
-    return version
-
-
 def _source(obj: Any) -> str:
     try:
         return inspect.getsource(obj)
@@ -151,13 +138,12 @@ def source_sha256(obj: Any) -> str:
     return hashlib.sha256(_source(obj).encode()).hexdigest()
 
 
-def check() -> dict[str, str]:
-    """Verify the installed RU/RP is the shape patched here; returns their versions.
+def check() -> None:
+    """Verify the installed RU/RP is the shape patched here.
 
     Raises LoopbackUnsupported, naming what changed. Imports radical.utils and
     radical.pilot's bootstrap file path; starts nothing.
     """
-    versions = {package: _series(package) for package in SUPPORTED_SERIES}
     zutils = importlib.import_module("radical.utils.zmq.utils")
     server = importlib.import_module("radical.utils.zmq.server")
     host = importlib.import_module("radical.utils.host")
@@ -200,7 +186,6 @@ def check() -> dict[str, str]:
     agent0 = (pilot_dir / "agent" / "agent_0.py").read_text()
     _require("hostip = ru.get_hostip()" in agent0 and "sock.bind((hostip, port))" in agent0,
              "the agent's command port no longer binds ru.get_hostip()")
-    return versions
 
 
 # ------------------------------------------------------------ in-process patch
@@ -210,28 +195,27 @@ _address = LOOPBACK  # what the installed patch binds and advertises
 _ORIGINALS: dict[str, Any] = {}
 
 
-def _bound_zmq_bind(sock: Any) -> Any:
-    """`zmq_bind` on the installed address: RU's port choice, that address advertised."""
-    import zmq
-    from radical.utils.misc import as_string, find_port
-    from radical.utils.url import Url
+class _OnAddress:
+    """A ZMQ socket whose wildcard `tcp://*:<port>` bind lands on the installed address."""
 
-    address = _address
-    for _ in range(_BIND_ATTEMPTS):
-        port = find_port()
-        if port is None:
-            break
-        try:
-            sock.bind(f"tcp://{address}:{port}")
-        except zmq.ZMQError as error:
-            if error.errno == zmq.EADDRINUSE:
-                continue  # taken between find_port() and bind(): try the next one
-            raise
-        return Url(as_string(sock.getsockopt(zmq.LAST_ENDPOINT)))
-    raise RuntimeError(f"could not bind a ZMQ socket to any port on {address}")
+    def __init__(self, sock: Any) -> None:
+        self._sock = sock
+
+    def bind(self, url: str) -> None:
+        self._sock.bind(url.replace("tcp://*:", f"tcp://{_address}:", 1))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
 
 
-_bound_zmq_bind._rhapsody_loopback = True  # type: ignore[attr-defined]
+def _wrap_zmq_bind(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    def zmq_bind(sock: Any) -> Any:
+        addr = original(_OnAddress(sock))  # RU's ports and retries, bound on _address
+        addr.host = _address  # RU advertises get_hostip()
+        return addr
+
+    zmq_bind._rhapsody_loopback = True  # type: ignore[attr-defined]
+    return zmq_bind
 
 
 def _wrap_server_init(original: Callable[..., None]) -> Callable[..., None]:
@@ -279,8 +263,9 @@ def install(address: str = LOOPBACK) -> None:
             _ORIGINALS["Server.__init__"] = server.Server.__init__
             _ORIGINALS["server.get_hostip"] = server.get_hostip
             _address = address
+            bound_zmq_bind = _wrap_zmq_bind(_ORIGINALS["zmq_bind"])
             for name in _ZMQ_BIND_USERS:
-                importlib.import_module(name).zmq_bind = _bound_zmq_bind
+                importlib.import_module(name).zmq_bind = bound_zmq_bind
             server.Server.__init__ = _wrap_server_init(_ORIGINALS["Server.__init__"])
             server.get_hostip = _bound_hostip
         _installs += 1

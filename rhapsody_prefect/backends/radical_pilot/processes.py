@@ -30,7 +30,7 @@ from pathlib import Path
 
 import psutil
 
-from .rp_import import rp
+from .rp_import import rp, unsupported_releases
 
 #: Env variables marking every process a backend's session starts (for reaping).
 MARK = "RHAPSODY_RP_RUN"
@@ -52,6 +52,9 @@ def helpers_missing() -> list[str]:
 
 def availability() -> tuple[bool, str]:
     """Whether this backend can run here, and why not. Starts nothing."""
+    unsupported = unsupported_releases()
+    if unsupported:
+        return False, unsupported
     missing = helpers_missing()
     if missing:
         return False, (
@@ -60,7 +63,6 @@ def availability() -> tuple[bool, str]:
             "environment (pip install 'rhapsody-prefect[radical_pilot]')"
         )
     return True, f"radical.pilot {rp.version} with helpers in {venv_bin()}"
-
 
 
 _RUN_DIR_PATTERN = re.compile(r"/(rhapsody\.rp\.\d{8}-\d{6}\.(\d+)\.\d+)(/|$)")
