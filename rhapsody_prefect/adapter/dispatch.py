@@ -7,7 +7,7 @@
     await dispatcher.close()              # the flow's progress artifacts, finished
 
 The engine calls the proxy inside the task run's context; the proxy builds the
-backend task (a command, or `body.capture.run_body` around the function), submits
+backend task (a command, or the function with its log `capture` context), submits
 it, waits for its notable states and returns `states.prefect_result(...)`.
 
 Two hooks for work that is not one body per task run (`adapter/ensemble.py`): a
@@ -37,7 +37,7 @@ from prefect.states import Cancelled
 from prefect.tasks import Task
 from prefect.utilities.collections import visit_collection
 
-from ..body.capture import BodyContext, run_body
+from ..body.capture import BodyContext
 from ..core.constants import TaskState
 from ..core.contract import BaseExecutionBackend
 from ..core.exceptions import ConfigurationError
@@ -45,7 +45,7 @@ from ..core.tasks import TaskDict
 from . import progress
 from .executable import command_builder_of, command_spec, resources_of
 from .progress import Reporter, Tally
-from .states import captured_logs, prefect_result
+from .states import prefect_result
 from .timeline import TransitionLines, Watch, replay
 
 logger = logging.getLogger("rhapsody_prefect.runner")
@@ -145,8 +145,8 @@ class BodyDispatcher:
                 log_prints=bool(run_context.log_prints),
                 log_level=get_run_logger().logger.getEffectiveLevel(),
             )
-            spec = {**resources_of(fn), "function": run_body,
-                    "args": (fn, args, kwargs, context)}
+            spec = {**resources_of(fn), "function": fn, "args": args, "kwargs": kwargs,
+                    "capture": context}
         spec["uid"] = f"{task_run.name}.{task_run.id.hex[-8:]}.{task_run.run_count}"
         spec["name"] = task_run.name
         return spec
@@ -185,7 +185,7 @@ class BodyDispatcher:
             self.watches.pop(uid, None)
             if executing_line is not None:
                 executing_line.cancel()
-        replay(run_logger, captured_logs(spec), uid)
+        replay(run_logger, spec.get("logs"), uid)
         self.lines.log(run_logger, uid, "finished", state, watch.timeline())
         return await prefect_result(spec)
 

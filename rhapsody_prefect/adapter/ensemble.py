@@ -52,7 +52,7 @@ from prefect.states import Cancelled, State
 from prefect.tasks import Task
 from prefect.utilities.annotations import unmapped
 
-from ..body.capture import BodyContext, run_body
+from ..body.capture import BodyContext
 from ..core.constants import TaskState
 from ..core.exceptions import ConfigurationError, TaskError
 from ..core.tasks import TaskDict
@@ -60,7 +60,7 @@ from . import progress
 from .dispatch import BodyDispatcher, cancel_many, runs_in_flow
 from .executable import command_builder_of, command_spec, resources_of
 from .progress import Reporter, Tally
-from .states import captured_logs, prefect_result
+from .states import prefect_result
 from .timeline import replay
 
 #: Members handed to the backend per `submit_tasks` call (the backend starts on the
@@ -195,7 +195,7 @@ class Ensemble:
     def on_state(self, task: TaskDict, state: TaskState) -> None:
         self.tally.on_state(task, state)
         if state.is_terminal and self._run_logger is not None:
-            logs = captured_logs(task)
+            logs = task.get("logs")
             if logs:
                 replay(self._run_logger, logs)
 
@@ -276,7 +276,7 @@ class Ensemble:
                 if builder is not None:
                     spec = command_spec(builder(*args, **kwargs), base)
                 else:
-                    spec = dict(base, function=run_body, args=(fn, args, kwargs, context))
+                    spec = dict(base, function=fn, args=args, kwargs=kwargs, capture=context)
                 spec["uid"] = f"{key}.{index}"
                 spec["name"] = key
                 chunk.append(spec)

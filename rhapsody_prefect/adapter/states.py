@@ -27,7 +27,6 @@ from typing import Any
 from prefect.client.schemas.objects import StateType
 from prefect.states import State, exception_to_crashed_state
 
-from ..body.capture import BodyError, BodyOutcome
 from ..core.constants import TaskState
 from ..core.outcome import task_error
 from ..core.tasks import TaskDict
@@ -66,11 +65,8 @@ async def prefect_result(task: TaskDict) -> Any:
                                   task.get("stderr") or "")
         return check_result(task, result)
     if state is TaskState.COMPLETED:
-        outcome = task.get("return_value")
-        return outcome.value if isinstance(outcome, BodyOutcome) else outcome
+        return task.get("return_value")
     error = task.get("exception")
-    if isinstance(error, BodyError):
-        error = error.error
     if isinstance(error, BaseException) and not isinstance(error, Exception):
         # KeyboardInterrupt, SystemExit in the body: the body crashed, the loop must not.
         return await exception_to_crashed_state(error)
@@ -79,13 +75,4 @@ async def prefect_result(task: TaskDict) -> Any:
     raise task_error(task)
 
 
-def captured_logs(task: TaskDict) -> list[Any]:
-    """The log lines the body captured (they travel with its result or its error)."""
-    for carrier in (task.get("return_value"), task.get("exception")):
-        if isinstance(carrier, (BodyOutcome, BodyError)):
-            return carrier.logs
-    return []
-
-
-__all__ = ["TASK_STATE_TO_PREFECT", "captured_logs", "prefect_result", "prefect_state",
-           "to_prefect"]
+__all__ = ["TASK_STATE_TO_PREFECT", "prefect_result", "prefect_state", "to_prefect"]

@@ -16,13 +16,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from prefect.logging import get_run_logger
 
-from ..body.capture import LogLine
 from ..core.constants import TaskState
+from ..core.outcome import LogLine
 from .states import to_prefect
 
 #: The states the runner acts on and shows in a timeline; the waiting engine coroutine is
@@ -116,7 +116,7 @@ def notice_listener(backend_name: str) -> Callable[[int, str], None]:
     return listener
 
 
-def replay(run_logger: Any, lines: list[LogLine], uid: str = "") -> None:
+def replay(run_logger: Any, lines: Sequence[LogLine] | None, uid: str = "") -> None:
     """Emit the body's captured log lines as the task run's own, with their times.
 
     They arrive when the body ends, after lines logged meanwhile; one line first

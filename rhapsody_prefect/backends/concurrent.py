@@ -19,8 +19,11 @@ run as subprocesses in their own process group: spawned from a few threads
 (`body/command_wait.py`; without pidfds, a thread per running command).
 
 Cancelling a running executable or process-mode function kills its process
-group (a replacement worker is started on demand). A running thread cannot be
-killed: its task is reported CANCELED at once and its result is discarded.
+group (a replacement worker is started on demand). A function running in a
+thread cannot be stopped: its attempt ends CANCELED for the task at once (a
+timeout fails it, or its retry starts), the task's `still_running` lists the
+attempt, and the function goes on in its thread, holding its slots, until it
+returns; its result is then dropped (docs/api.md, "Timeouts").
 If this process dies, even by SIGKILL, the backend's watchdog ends the running
 commands and the worker processes (`core/guard.py`).
 """
@@ -39,15 +42,16 @@ from typing import Any, Literal
 
 import cloudpickle
 
-from ..body.calls import call_function
+from ..body.calls import run_call
 from ..body.command_wait import run_command_async, spawner_threads
 from ..body.commands import kill_process_group
-from ..body.envelope import Envelope
 from ..body.process_worker import HEADER
+from ..core.attempt import Attempt
 from ..core.constants import BackendType, Defaults, TaskState
 from ..core.engine import ExecutionBackend
 from ..core.exceptions import BackendError, ConfigurationError, refuse_unknown_options
 from ..core.guard import Guard
+from ..core.outcome import Outcome
 from ..core.tasks import TaskDict, is_function_task
 
 ExecutorKind = Literal["thread", "process"]
@@ -80,16 +84,17 @@ class _WorkerProcess:
         )
         return cls(process, guard)
 
-    async def call(self, uid: str, task: TaskDict) -> Envelope:
-        payload = cloudpickle.dumps((uid, task["function"], task["args"], task["kwargs"]))
+    async def call(self, uid: str, task: TaskDict) -> Outcome:
+        payload = cloudpickle.dumps(
+            (uid, task["function"], task["args"], task["kwargs"], task.get("capture")))
         assert self.process.stdin is not None
         assert self.process.stdout is not None
         self.process.stdin.write(HEADER.pack(len(payload)) + payload)
         await self.process.stdin.drain()
         header = await self.process.stdout.readexactly(HEADER.size)
         (size,) = HEADER.unpack(header)
-        _, envelope = cloudpickle.loads(await self.process.stdout.readexactly(size))
-        return envelope
+        _, outcome = cloudpickle.loads(await self.process.stdout.readexactly(size))
+        return outcome
 
     async def kill(self) -> int | None:
         # The worker leads its own process group: killpg reaches it and its children.
@@ -139,8 +144,8 @@ class ConcurrentBackend(ExecutionBackend):
         # the event loop; their exit and output are awaited on the loop.
         self._command_threads: ThreadPoolExecutor | None = None
         self._idle_workers: list[_WorkerProcess] = []
-        self._busy_workers: dict[str, _WorkerProcess] = {}
-        self._running: dict[str, asyncio.Task[None] | Future[None]] = {}
+        self._busy_workers: dict[Attempt, _WorkerProcess] = {}
+        self._running: dict[Attempt, asyncio.Task[None] | Future[None]] = {}
 
     async def _start(self) -> None:
         if self.executor == "thread":
@@ -149,33 +154,33 @@ class ConcurrentBackend(ExecutionBackend):
             spawner_threads(self.max_workers), thread_name_prefix="rhapsody-command"
         )
 
-    async def _launch(self, tasks: list[TaskDict]) -> None:
-        for task in tasks:
-            uid = task["uid"]
+    async def _launch(self, attempts: list[Attempt]) -> None:
+        for attempt in attempts:
             runner: asyncio.Task[None] | Future[None]
-            if self._threads is not None and is_function_task(task):
-                # Straight to a pool thread, which reports the task's states itself:
+            if self._threads is not None and is_function_task(attempt.task):
+                # Straight to a pool thread, which reports the attempt's states itself:
                 # no loop task, executor future and wake-up per function.
-                runner = self._threads.submit(self._call_in_thread, task)
+                runner = self._threads.submit(self._call_in_thread, attempt)
             else:
-                runner = asyncio.ensure_future(self._execute(task))
-            self._running[uid] = runner
-            runner.add_done_callback(functools.partial(self._forget_runner, uid))
+                runner = asyncio.ensure_future(self._execute(attempt))
+            self._running[attempt] = runner
+            runner.add_done_callback(functools.partial(self._forget_runner, attempt))
 
-    def _forget_runner(self, uid: str, runner: asyncio.Task[None] | Future[None]) -> None:
-        # A pool thread's callback may come after the engine launched the task's next
-        # attempt: forget only this attempt's runner, never the retry's.
-        if self._running.get(uid) is runner:
-            del self._running[uid]
+    def _forget_runner(self, attempt: Attempt, _runner: object) -> None:
+        self._running.pop(attempt, None)
 
-    async def _cancel(self, uids: list[str]) -> None:
-        for uid in uids:
-            runner = self._running.get(uid)
+    async def _cancel(self, attempts: list[Attempt]) -> None:
+        for attempt in attempts:
+            runner = self._running.get(attempt)
             if runner is None:
                 continue
-            runner.cancel()
-            if isinstance(runner, Future):  # a running thread cannot be stopped:
-                self._report(uid, TaskState.CANCELED)  # its result will be discarded
+            if not isinstance(runner, Future):
+                runner.cancel()
+            elif runner.cancel():  # a pool thread had not started it
+                self._report(attempt, TaskState.CANCELED)
+            elif not runner.done():  # running in a pool thread, which cannot be stopped
+                self._report_unstoppable(attempt)
+            # (done: its outcome is already on its way to the engine)
 
     async def _shutdown(self) -> None:
         workers = [*self._idle_workers, *self._busy_workers.values()]
@@ -189,42 +194,35 @@ class ConcurrentBackend(ExecutionBackend):
         return [f"host {socket.gethostname()}: {self.max_workers} slots "
                 f"({self.executor}s; commands as subprocesses)"]
 
-    async def _execute(self, task: TaskDict) -> None:
+    async def _execute(self, attempt: Attempt) -> None:
         """A command, or a function in process mode (thread mode: `_call_in_thread`)."""
-        uid = task["uid"]
-        self._report(uid, TaskState.EXECUTING)
+        self._report(attempt, TaskState.EXECUTING)
         try:
-            if is_function_task(task):
-                await self._run_in_process(task)
+            if is_function_task(attempt.task):
+                outcome = await self._run_in_process(attempt)
             else:
-                await self._run_executable(task)
+                outcome = await run_command_async(
+                    attempt.task, self._command_threads, self._guard)
         except asyncio.CancelledError:
-            self._report(uid, TaskState.CANCELED)
+            outcome = Outcome.canceled()
         except Exception as error:
-            self._report(uid, TaskState.FAILED, exception=error)
+            outcome = Outcome.failed(error)
+        self._report(attempt, outcome)
 
-    async def _run_executable(self, task: TaskDict) -> None:
-        result = await run_command_async(task, self._command_threads, self._guard)
-        self._report_result(task["uid"], Envelope.command(result).outcome())
-
-    def _call_in_thread(self, task: TaskDict) -> None:
+    def _call_in_thread(self, attempt: Attempt) -> None:
         """A function task in a pool thread, from start to reported end."""
-        uid = task["uid"]
-        self._report(uid, TaskState.EXECUTING)
-        try:
-            value = call_function(task["function"], task["args"], task["kwargs"])
-        except BaseException as error:  # reported, never raised in a pool thread
-            self._report(uid, TaskState.FAILED, exception=error)
-        else:
-            self._report(uid, TaskState.COMPLETED, return_value=value)
+        task = attempt.task
+        self._report(attempt, TaskState.EXECUTING)
+        self._report(attempt, run_call(
+            task["function"], task["args"], task["kwargs"], task.get("capture")))
 
-    async def _run_in_process(self, task: TaskDict) -> None:
-        uid = task["uid"]
+    async def _run_in_process(self, attempt: Attempt) -> Outcome:
+        uid = attempt.uid
         worker = (self._idle_workers.pop() if self._idle_workers
                   else await _WorkerProcess.spawn(self._guard))
-        self._busy_workers[uid] = worker
+        self._busy_workers[attempt] = worker
         try:
-            envelope = await worker.call(uid, task)
+            outcome = await worker.call(uid, attempt.task)
         except asyncio.CancelledError:
             await worker.kill()
             raise
@@ -237,9 +235,9 @@ class ConcurrentBackend(ExecutionBackend):
                 details={"exit_code": code},
             ) from None
         finally:
-            self._busy_workers.pop(uid, None)
+            self._busy_workers.pop(attempt, None)
         self._idle_workers.append(worker)
-        self._report_result(uid, envelope.outcome())
+        return outcome
 
 
 __all__ = ["EXECUTORS", "ConcurrentBackend", "WorkerDied"]

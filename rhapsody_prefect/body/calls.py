@@ -1,15 +1,21 @@
 """Calling a task's Python function wherever it runs: thread, process or remote worker.
 
-    >>> from rhapsody_prefect.calls import call_function
+    >>> from rhapsody_prefect.body.calls import call_function, run_call
     >>> async def double(x):
     ...     return 2 * x
     >>> call_function(double, (21,), {})
     42
+    >>> run_call(max, (1, 2), {}).return_value
+    2
+    >>> run_call(int, ("x",), {}).state
+    <TaskState.FAILED: 'FAILED'>
 
-Async functions (and functions returning an awaitable) run to completion on a
-fresh event loop. Exceptions that cross a process boundary keep their remote
-traceback as a note, and are replaced by a `RemoteError` when they cannot be
-pickled.
+`run_call` is what every place that runs a function body calls: it never
+raises, captures the body's logs when the task carries a `capture` context,
+and returns the attempt's `Outcome`. Async functions (and functions returning
+an awaitable) run to completion on a fresh event loop. Exceptions keep their
+traceback as a note ("Remote traceback"), and are replaced by a `RemoteError`
+when they cannot be pickled, so the outcome can cross a process boundary.
 """
 
 from __future__ import annotations
@@ -21,6 +27,9 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import cloudpickle
+
+from ..core.outcome import Outcome
+from .capture import BodyContext, capturing
 
 
 class RemoteError(Exception):
@@ -39,6 +48,28 @@ async def _await(awaitable: Any) -> Any:
     return await awaitable
 
 
+def run_call(
+    fn: Callable[..., Any],
+    args: Sequence[Any],
+    kwargs: Mapping[str, Any],
+    capture: BodyContext | None = None,
+) -> Outcome:
+    """Call `fn` (capturing its logs with a `capture` context); never raises: a
+    BaseException, SystemExit included, becomes a FAILED outcome."""
+    if capture is None:
+        try:
+            return Outcome.completed(call_function(fn, args, kwargs))
+        except BaseException as error:
+            return Outcome.failed(portable_exception(error))
+    logs: list[Any] = []
+    try:
+        with capturing(capture) as logs:
+            value = call_function(fn, args, kwargs)
+    except BaseException as error:
+        return Outcome.failed(portable_exception(error), tuple(logs))
+    return Outcome.completed(value, tuple(logs))
+
+
 def portable_exception(error: BaseException) -> BaseException:
     """`error` with its traceback as a note, made safe to pickle."""
     formatted = "".join(traceback.format_exception(error)).rstrip()
@@ -54,4 +85,4 @@ def portable_exception(error: BaseException) -> BaseException:
     return error
 
 
-__all__ = ["RemoteError", "call_function", "portable_exception"]
+__all__ = ["RemoteError", "call_function", "portable_exception", "run_call"]

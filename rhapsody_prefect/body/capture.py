@@ -1,13 +1,15 @@
-"""What runs on the backend for a Prefect task body: the call, plus log capture.
+"""Log capture around a Prefect task body, wherever it runs.
 
 The Prefect engine stays in the flow process; only the body travels. So that
 `get_run_logger()` and `print` (with `log_prints=True`) inside the body still
-reach the task run's logs, `run_body` gives the body a minimal task-run
-context, captures the records and printed lines, and ships them back with the
-result for the flow side to replay:
+reach the task run's logs, a function task carries a `BodyContext` (its
+`capture` key), and `capturing` gives the body a minimal task-run context and
+collects the records and printed lines, which travel back in the attempt's
+`Outcome.logs` for the flow side to replay (`body.calls.run_call` does both):
 
-    outcome = run_body(fn, args, kwargs, BodyContext(task_run=..., task_name="t"))
-    outcome.value, outcome.logs        # a BodyError carries .logs when fn raised
+    with capturing(BodyContext(task_run=..., task_name="t")) as logs:
+        fn(*args)
+    logs                                # [LogLine(created, levelno, message), ...]
 
 This module imports Prefect only when the body's process already has it loaded
 (a body that calls `get_run_logger()` imports Prefect itself).
@@ -23,21 +25,12 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator
 from typing import Any, TextIO
 
-from .calls import call_function, portable_exception
+from ..core.outcome import LogLine
 
 RUN_LOGGER_NAMES = ("prefect.task_runs", "prefect.flow_runs")
-
-
-@dataclasses.dataclass(frozen=True)
-class LogLine:
-    """One captured log record, reduced to what the flow side replays."""
-
-    created: float
-    levelno: int
-    message: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,24 +44,6 @@ class BodyContext:
     log_prints: bool = False
     #: The flow side's level for run loggers; the body's loggers capture from it up.
     log_level: int = logging.INFO
-
-
-@dataclasses.dataclass
-class BodyOutcome:
-    value: Any
-    logs: list[LogLine]
-
-
-class BodyError(Exception):
-    """The body raised `error`; `logs` were captured before it did."""
-
-    def __init__(self, error: BaseException, logs: list[LogLine]) -> None:
-        super().__init__(error, logs)
-        self.error = error
-        self.logs = logs
-
-    def __str__(self) -> str:
-        return f"{type(self.error).__name__}: {self.error}"
 
 
 _capture: contextvars.ContextVar[list[LogLine] | None] = contextvars.ContextVar(
@@ -168,19 +143,9 @@ def _task_run_context(context: BodyContext) -> Iterator[None]:
         yield
 
 
-def run_body(
-    fn: Callable[..., Any],
-    args: Sequence[Any],
-    kwargs: Mapping[str, Any],
-    context: BodyContext | None = None,
-) -> BodyOutcome:
-    """Call the body; capture its run-logger records and (optionally) its prints.
-
-    Raises:
-        BodyError: the body raised; carries the (portable) error and the logs.
-    """
-    if context is None:
-        return BodyOutcome(call_function(fn, args, kwargs), [])
+@contextlib.contextmanager
+def capturing(context: BodyContext) -> Iterator[list[LogLine]]:
+    """Capture the body's run-logger records (and its prints, with `log_prints`)."""
     logs: list[LogLine] = []
     _install_capture_hooks(context.log_prints, context.log_level)
     log_token = _capture.set(logs)
@@ -188,17 +153,12 @@ def run_body(
     print_token = _print_capture.set(printer)
     try:
         with _task_run_context(context):
-            value = call_function(fn, args, kwargs)
-    except BaseException as error:
+            yield logs
+    finally:
         if printer:
             printer.flush()
-        raise BodyError(portable_exception(error), logs) from None
-    finally:
         _print_capture.reset(print_token)
         _capture.reset(log_token)
-    if printer:
-        printer.flush()
-    return BodyOutcome(value, logs)
 
 
-__all__ = ["BodyContext", "BodyError", "BodyOutcome", "LogLine", "run_body"]
+__all__ = ["BodyContext", "LogLine", "capturing"]

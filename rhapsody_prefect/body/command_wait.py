@@ -11,7 +11,7 @@ The command is spawned (fork/exec, `commands.start_command`) in a thread of
 stdout and stderr from non-blocking pipes (`loop.add_reader`); once both are at
 EOF and the process has exited (`waitpid(pid, WNOHANG)`; for a command that closed
 its pipes and runs on, the loop waits on its pidfd, `os.pidfd_open`, Linux >= 5.3),
-the process is reaped, the rest of its group killed, and the same `CommandResult`
+the process is reaped, the rest of its group killed, and the same `Outcome`
 as `commands.run_command`'s returned. A running command costs two file descriptors
 and no thread.
 
@@ -36,8 +36,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..core.guard import Guard
+from ..core.outcome import Outcome
 from .commands import (
-    CommandResult,
     RunningCommand,
     finish_command,
     kill_process_group,
@@ -74,7 +74,7 @@ async def run_command_async(
     task: Mapping[str, Any],
     spawners: concurrent.futures.Executor,
     guard: Guard | None = None,
-) -> CommandResult:
+) -> Outcome:
     """Run the task's command, spawned from a thread of `spawners`, awaited on this loop.
 
     Cancelling the awaiting coroutine kills the command's whole process group and
@@ -83,7 +83,7 @@ async def run_command_async(
     """
     loop = asyncio.get_running_loop()
     launch = _Launch(guard, WAIT_ON_LOOP)
-    outcome: asyncio.Future[CommandResult | None] = loop.create_future()
+    outcome: asyncio.Future[Outcome | None] = loop.create_future()
     spawning = spawners.submit(launch.run, task)
     spawning.add_done_callback(
         lambda done: loop.call_soon_threadsafe(_await_spawned, done, outcome, loop)
@@ -114,14 +114,14 @@ class _Launch:
         self._guard = guard
         self._wait_on_loop = wait_on_loop
 
-    def run(self, task: Mapping[str, Any]) -> CommandResult | RunningCommand | None:
+    def run(self, task: Mapping[str, Any]) -> Outcome | RunningCommand | None:
         """The started command, for the loop to wait for; its result when it cannot
         start or without pidfds (waited for here); None if cancelled first."""
         with self._lock:
             if self._cancelled:
                 return None
             running = start_command(task, self._guard)
-            if isinstance(running, CommandResult):
+            if isinstance(running, Outcome):
                 return running
             self._pid = running.pid
         if not self._wait_on_loop:
@@ -140,8 +140,8 @@ class _Launch:
 
 
 def _await_spawned(
-    spawning: concurrent.futures.Future[CommandResult | RunningCommand | None],
-    outcome: asyncio.Future[CommandResult | None],
+    spawning: concurrent.futures.Future[Outcome | RunningCommand | None],
+    outcome: asyncio.Future[Outcome | None],
     loop: asyncio.AbstractEventLoop,
 ) -> None:
     """On the loop, once the spawner thread is done: wait for the process, or pass on."""
@@ -171,7 +171,7 @@ class _OutputAndExit:
         self,
         running: RunningCommand,
         loop: asyncio.AbstractEventLoop,
-        outcome: asyncio.Future[CommandResult | None],
+        outcome: asyncio.Future[Outcome | None],
     ) -> None:
         self._running = running
         self._loop = loop

@@ -4,9 +4,9 @@ Every command runs in a new session (process group), so a cancel or timeout
 kills the command and everything it started.
 
     >>> from rhapsody_prefect.body.commands import run_command
-    >>> result = run_command({"executable": "/bin/echo", "arguments": ["hi"]})
-    >>> result.exit_code, result.stdout
-    (0, 'hi\\n')
+    >>> outcome = run_command({"executable": "/bin/echo", "arguments": ["hi"]})
+    >>> outcome.state.value, outcome.exit_code, outcome.stdout
+    ('COMPLETED', 0, 'hi\\n')
 
 `ranks > 1` runs the command under the MPI launcher found on PATH (`mpiexec`,
 `mpirun`); `pre_exec` commands run in a shell first; `shell=True` runs
@@ -29,15 +29,7 @@ from typing import Any
 
 from ..core.guard import Guard
 from ..core.launchers import require_mpi_launcher
-
-
-@dataclasses.dataclass(frozen=True)
-class CommandResult:
-    """What a finished command left: exit code and decoded output."""
-
-    exit_code: int
-    stdout: str
-    stderr: str
+from ..core.outcome import Outcome
 
 
 def command_argv(task: Mapping[str, Any]) -> list[str]:
@@ -81,7 +73,7 @@ def run_command(
     stop: Callable[[], bool] | None = None,
     poll_interval: float = 0.1,
     guard: Guard | None = None,
-) -> CommandResult:
+) -> Outcome:
     """Run the task's command to completion in this thread.
 
     `stop`, if given, is polled every `poll_interval` seconds; when it returns
@@ -94,7 +86,7 @@ def run_command(
         CommandStopped: `stop()` returned True (the process group is killed).
     """
     running = start_command(task, guard)
-    if isinstance(running, CommandResult):
+    if isinstance(running, Outcome):
         return running
     return finish_command(running, timeout, stop, poll_interval)
 
@@ -131,14 +123,14 @@ class RunningCommand:
             self.guard.forget(self.guard_key)
             self.guard = None
 
-    def result(self, stdout: bytes | None, stderr: bytes | None) -> CommandResult:
-        """The result, once the process has exited (reaps it: does not block then)."""
-        return CommandResult(self.process.wait(), _decode(stdout), _decode(stderr))
+    def result(self, stdout: bytes | None, stderr: bytes | None) -> Outcome:
+        """The outcome, once the process has exited (reaps it: does not block then)."""
+        return Outcome.command(self.process.wait(), _decode(stdout), _decode(stderr))
 
 
 def start_command(
     task: Mapping[str, Any], guard: Guard | None = None
-) -> RunningCommand | CommandResult:
+) -> RunningCommand | Outcome:
     """Start the task's command (fork/exec: blocks for a moment; keep it off event loops).
 
     Returns the running command, registered with `guard` (which then ends its
@@ -146,13 +138,13 @@ def start_command(
     shell would give (exit code 127 or 126).
     """
     process = _popen(task)
-    if isinstance(process, CommandResult):
+    if isinstance(process, Outcome):
         return process
     key = guard.kill_group(process.pid) if guard is not None else None
     return RunningCommand(process, guard, key)
 
 
-def _popen(task: Mapping[str, Any]) -> subprocess.Popen[bytes] | CommandResult:
+def _popen(task: Mapping[str, Any]) -> subprocess.Popen[bytes] | Outcome:
     """The started command; or, when it cannot start, the result a shell would give."""
     argv = command_argv(task)
     try:
@@ -171,9 +163,9 @@ def _popen(task: Mapping[str, Any]) -> subprocess.Popen[bytes] | CommandResult:
             reason = f"working directory {cwd!r} not found"
         else:
             reason = f"{argv[0]}: command not found"
-        return CommandResult(NOT_FOUND_EXIT_CODE, "", f"{reason}\n")
+        return Outcome.command(NOT_FOUND_EXIT_CODE, "", f"{reason}\n")
     except PermissionError:
-        return CommandResult(NOT_EXECUTABLE_EXIT_CODE, "", f"{argv[0]}: permission denied\n")
+        return Outcome.command(NOT_EXECUTABLE_EXIT_CODE, "", f"{argv[0]}: permission denied\n")
 
 
 def finish_command(
@@ -181,7 +173,7 @@ def finish_command(
     timeout: float | None = None,
     stop: Callable[[], bool] | None = None,
     poll_interval: float = 0.1,
-) -> CommandResult:
+) -> Outcome:
     """Wait in this thread for the output and exit code; the group is killed on the way out.
 
     Raises as `run_command` does (TimeoutExpired, CommandStopped).
@@ -226,7 +218,6 @@ def _communicate_until_stopped(
 
 
 __all__ = [
-    "CommandResult",
     "CommandStopped",
     "RunningCommand",
     "command_argv",

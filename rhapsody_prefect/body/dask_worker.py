@@ -1,9 +1,9 @@
-"""What a Dask worker runs for a RHAPSODY task: the function or the command, as an Envelope.
+"""What a Dask worker runs for a RHAPSODY task: the function or the command, to an Outcome.
 
     payloads = [cloudpickle.dumps(payload_of(task)) for task in tasks]
     futures = client.map(run_on_worker, payloads, [topic] * len(keys), keys,
                          key=keys, pure=False)   # a batch: one graph update
-    envelope = futures[0].result()     # Envelope("value", ...) / ("command", ...) / ...
+    outcome = futures[0].result()      # core.outcome.Outcome: COMPLETED / FAILED / CANCELED
 
 A command polls, while it runs, whether Dask cancelled its key or the worker is
 closing, and then kills its process group (`commands.run_command(stop=...)`).
@@ -25,9 +25,10 @@ import distributed
 from distributed.core import Status
 
 from ..core.guard import Guard
+from ..core.outcome import Outcome
 from ..core.tasks import is_function_task
+from .calls import portable_exception, run_call
 from .commands import CommandStopped, run_command
-from .envelope import Envelope
 
 #: Command keys shipped to the worker for an executable task.
 COMMAND_KEYS = ("executable", "arguments", "shell", "ranks", "pre_exec", "environment", "cwd")
@@ -48,11 +49,11 @@ def worker_guard() -> Guard:
 def payload_of(task: Mapping[str, Any]) -> tuple[str, Any]:
     """What travels to the worker: the call, or the command keys."""
     if is_function_task(task):
-        return "function", (task["function"], task["args"], task["kwargs"])
+        return "function", (task["function"], task["args"], task["kwargs"], task.get("capture"))
     return "command", {key: task.get(key) for key in COMMAND_KEYS}
 
 
-def run_on_worker(payload: bytes, topic: str | None, key: str) -> Envelope:
+def run_on_worker(payload: bytes, topic: str | None, key: str) -> Outcome:
     """Runs in a Dask worker thread; never raises (the outcome travels as data)."""
     worker = _current_worker()
     if worker is not None and topic:
@@ -61,14 +62,12 @@ def run_on_worker(payload: bytes, topic: str | None, key: str) -> Envelope:
     try:
         kind, body = cloudpickle.loads(payload)
         if kind == "function":
-            return Envelope.call(*body)
-        return Envelope.command(run_command(
-            body, stop=lambda: _stop_requested(worker, key), guard=worker_guard()
-        ))
+            return run_call(*body)
+        return run_command(body, stop=lambda: _stop_requested(worker, key), guard=worker_guard())
     except CommandStopped:
-        return Envelope.stopped()
+        return Outcome.canceled()
     except BaseException as error:  # never let a BaseException escape a worker
-        return Envelope.failure(error)
+        return Outcome.failed(portable_exception(error))
 
 
 def _current_worker() -> distributed.Worker | None:

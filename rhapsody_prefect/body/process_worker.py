@@ -1,12 +1,12 @@
 """A worker process of the `concurrent` backend in process mode.
 
 Started as `python -m rhapsody_prefect.body.process_worker`. It reads
-length-prefixed cloudpickle frames `(uid, fn, args, kwargs)` from stdin and
-answers `(uid, Envelope)` on the original stdout; anything the function prints
-goes to stderr, so it cannot corrupt the protocol:
+length-prefixed cloudpickle frames `(uid, fn, args, kwargs, capture)` from stdin
+and answers `(uid, Outcome)` on the original stdout; anything the function prints
+goes to stderr (unless captured), so it cannot corrupt the protocol:
 
-    write_frame(worker_stdin, cloudpickle.dumps(("t1", max, (1, 2), {})))
-    uid, envelope = cloudpickle.loads(read_frame(worker_stdout))   # Envelope("value", 2)
+    write_frame(worker_stdin, cloudpickle.dumps(("t1", max, (1, 2), {}, None)))
+    uid, outcome = cloudpickle.loads(read_frame(worker_stdout))   # outcome.return_value 2
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from typing import BinaryIO
 
 import cloudpickle
 
-from rhapsody_prefect.body.envelope import Envelope
+from rhapsody_prefect.body.calls import portable_exception, run_call
+from rhapsody_prefect.core.outcome import Outcome
 
 HEADER = struct.Struct("!Q")
 
@@ -41,10 +42,10 @@ def serve(requests: BinaryIO, replies: BinaryIO) -> None:
     while (frame := read_frame(requests)) is not None:
         uid = None
         try:
-            uid, fn, args, kwargs = cloudpickle.loads(frame)
-            payload = cloudpickle.dumps((uid, Envelope.call(fn, args, kwargs)))
+            uid, fn, args, kwargs, capture = cloudpickle.loads(frame)
+            payload = cloudpickle.dumps((uid, run_call(fn, args, kwargs, capture)))
         except BaseException as error:  # an unpicklable call or result, even SystemExit
-            payload = cloudpickle.dumps((uid, Envelope.failure(error)))
+            payload = cloudpickle.dumps((uid, Outcome.failed(portable_exception(error))))
         write_frame(replies, payload)
 
 

@@ -9,36 +9,40 @@ implements only how to start, launch, cancel and shut down:
     class EchoBackend(ExecutionBackend):
         backend_type = "echo"
 
-        async def _launch(self, tasks):
-            for task in tasks:
-                self._report(task["uid"], TaskState.EXECUTING)
-                self._report(task["uid"], TaskState.COMPLETED, return_value=task["args"])
+        async def _launch(self, attempts):
+            for attempt in attempts:
+                self._report(attempt, TaskState.EXECUTING)
+                self._report(attempt, Outcome.completed(attempt.task["args"]))
 
     async with EchoBackend() as backend:
         await backend.submit_tasks([{"function": print, "args": ("hi",)}])
         await backend.wait()
 
-`_report` and `_break` are thread-safe: call them from any thread (a Dask or
-RADICAL-Pilot callback thread); they only schedule work on the backend's loop.
+The engine owns attempts (`core/attempt.py`): each launch is an `Attempt`, each
+report names it, and only the current attempt of a task, until its end is
+decided, can move the task; reports of superseded attempts are dropped and
+counted (`superseded_reports`). `_report`, `_report_unstoppable` and `_break`
+are thread-safe: call them from any thread (a Dask or RADICAL-Pilot callback
+thread); they only schedule work on the backend's loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import functools
 import logging
 from abc import abstractmethod
 from collections.abc import Iterable
 from typing import Any
 
+from .attempt import Attempt, SupersededReports, TaskRecord
 from .capacity import Capacity
 from .constants import TaskState
 from .contract import BaseExecutionBackend
 from .exceptions import BackendError, ConfigurationError, WaitTimeoutError
 from .guard import Guard
-from .outcome import RESULT_FIELDS, Outcome, task_error
+from .outcome import Outcome, task_error
 from .scheduling import Batcher, Inbox, SlotPool
 from .tasks import TaskDict, task_slots, validate_task
 
@@ -49,23 +53,13 @@ CANCEL_GRACE_SECONDS = 10.0
 CLOSE_WAIT_SECONDS = 10.0  # for the watchdog to exit after terminate() (slow when loaded)
 
 
-@dataclasses.dataclass(eq=False)
-class _Record:
-    task: TaskDict
-    driver: asyncio.Task[None] | None = None
-    outcome: asyncio.Future[Outcome] | None = None
-    attempt: int = 0
-    executing: bool = False
-    failure_raised: bool = False
-
-
 class ExecutionBackend(BaseExecutionBackend):
     """Shared implementation of the contract; built-in backends subclass this.
 
     Hooks: `_start`, `_launch`, `_cancel`, `_shutdown`, `_check_task`, `_capacity`, `slots`
-    (total cores, or None when the backend schedules by itself). Report with `_report(uid,
-    state, **results)` from any thread; register what must end if this process dies with
-    `self._guard` (`core/guard.py`).
+    (total cores, or None when the backend schedules by itself). Report with
+    `_report(attempt, TaskState.EXECUTING | Outcome)` from any thread; register what must
+    end if this process dies with `self._guard` (`core/guard.py`).
     """
 
     #: Total cores the backend offers; tasks wait for free slots. None: no limit here.
@@ -75,7 +69,7 @@ class ExecutionBackend(BaseExecutionBackend):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self._records: dict[str, _Record] = {}
+        self._records: dict[str, TaskRecord] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._start_task: asyncio.Future[None] | None = None
         self._started = False
@@ -86,17 +80,19 @@ class ExecutionBackend(BaseExecutionBackend):
         self._canceller = Batcher(self._flush_cancel)
         self._inbox = Inbox()  # reports from other threads, applied on the loop
         self._guard = Guard(str(self.backend_type))  # its watchdog starts on first use
+        self._superseded = SupersededReports(str(self.backend_type))
 
     # ----------------------------------------------------------- subclass hooks
     async def _start(self) -> None:
         """Acquire resources (cluster, pilot, pool). Runs once, on the backend loop."""
 
     @abstractmethod
-    async def _launch(self, tasks: list[TaskDict]) -> None:
-        """Start these validated tasks; report progress with `_report`."""
+    async def _launch(self, attempts: list[Attempt]) -> None:
+        """Start these attempts (`attempt.task` is validated); report with `_report`."""
 
-    async def _cancel(self, uids: list[str]) -> None:
-        """Ask the backend to stop these launched tasks; report CANCELED when it did."""
+    async def _cancel(self, attempts: list[Attempt]) -> None:
+        """Ask the backend to stop these launched attempts; report CANCELED when it did
+        (`_report_unstoppable` when a body cannot be stopped)."""
 
     async def _shutdown(self) -> None:
         """Release everything `_start` acquired."""
@@ -156,7 +152,7 @@ class ExecutionBackend(BaseExecutionBackend):
             self._capacity(task).check(task)
         loop = self._bind_loop()
         for task in tasks:
-            record = _Record(task)
+            record = TaskRecord(task)
             self._records[task["uid"]] = record
             self._task_dicts[task["uid"]] = task
             self._notify(task, TaskState.NEW)
@@ -220,17 +216,22 @@ class ExecutionBackend(BaseExecutionBackend):
             await asyncio.to_thread(self._guard.close, clean, CLOSE_WAIT_SECONDS)
 
     # ------------------------------------------------------------ for subclasses
-    def _report(self, uid: str, state: TaskState | str, **results: Any) -> None:
-        """Report EXECUTING or a terminal state of a launched task (any thread)."""
-        unknown = set(results) - set(RESULT_FIELDS)
-        if unknown:
-            raise TypeError(f"_report got unknown result fields {sorted(unknown)}")
-        self._inbox.post(self._loop, self._apply_report, uid, TaskState(state), results)
+    def _report(self, attempt: Attempt, report: TaskState | Outcome) -> None:
+        """Report that `attempt` is EXECUTING, or how it ended (an `Outcome`, or a bare
+        terminal state such as CANCELED); any thread."""
+        if not isinstance(report, Outcome):
+            state = TaskState(report)
+            if state is not TaskState.EXECUTING:
+                if not state.is_terminal:
+                    raise ValueError(f"_report takes EXECUTING or an end, got {state}")
+                report = Outcome(state)
+        self._inbox.post(self._loop, self._apply_report, attempt, report)
 
-    def _report_result(self, uid: str, result: tuple[TaskState, dict[str, Any]]) -> None:
-        """`_report(uid, state, **fields)` for a (state, fields) pair (any thread)."""
-        state, fields = result
-        self._report(uid, state, **fields)
+    def _report_unstoppable(self, attempt: Attempt) -> None:
+        """`attempt` could not be stopped (a function running in a thread): it ends
+        CANCELED for its task, and its body goes on running, holding its cores, until it
+        reports its end (which is then dropped). Any thread."""
+        self._inbox.post(self._loop, self._apply_unstoppable, attempt)
 
     def _break(self, error: BackendError) -> None:
         """The backend can no longer run tasks (scheduler or pilot lost); any thread.
@@ -245,9 +246,9 @@ class ExecutionBackend(BaseExecutionBackend):
         if self._broken is None:
             self._broken = error
             logger.error("%s", error)
-        for uid, record in self._records.items():
-            if record.outcome is not None and not record.outcome.done():
-                self._apply_report(uid, TaskState.FAILED, {"exception": self._broken})
+        for record in self._records.values():
+            if record.attempt is not None and record.outcome is not None:
+                self._apply_report(record.attempt, Outcome.failed(self._broken))
 
     @property
     def broken(self) -> BackendError | None:
@@ -255,8 +256,9 @@ class ExecutionBackend(BaseExecutionBackend):
         return self._broken
 
     def attempt_of(self, uid: str) -> int:
-        """1 for the first attempt of a task, 2 for its first retry, ..."""
-        return self._records[uid].attempt
+        """1 for the first attempt of a task, 2 for its first retry, ... (0: none yet)."""
+        attempt = self._records[uid].attempt
+        return 0 if attempt is None else attempt.number
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop | None:
@@ -275,20 +277,38 @@ class ExecutionBackend(BaseExecutionBackend):
             )
         return loop
 
-    def _apply_report(self, uid: str, state: TaskState, results: dict[str, Any]) -> None:
-        record = self._records.get(uid)
-        if record is None or record.outcome is None or record.outcome.done():
-            return
-        if state is TaskState.EXECUTING:
-            if not record.executing:
-                record.executing = True
-                self._notify(record.task, TaskState.EXECUTING)
-        elif state.is_terminal:
-            record.outcome.set_result(Outcome(state, **results))
-        else:
-            logger.debug("Ignoring reported state %s of task %s", state, uid)
+    @property
+    def superseded_reports(self) -> int:
+        """Reports dropped because their attempt no longer decided its task."""
+        return self._superseded.count
 
-    async def _drive(self, record: _Record) -> None:
+    def _apply_report(self, attempt: Attempt, report: TaskState | Outcome) -> None:
+        record = self._records.get(attempt.uid)
+        if record is None or not record.decides(attempt):
+            if self._superseded.drop(attempt, report):
+                self._release(attempt)  # a body that could not be stopped has ended
+        elif record.take(attempt, report):
+            self._notify(record.task, TaskState.EXECUTING)
+
+    def _apply_unstoppable(self, attempt: Attempt) -> None:
+        record = self._records.get(attempt.uid)
+        if record is None or not record.decides(attempt):
+            return
+        attempt.left_running = True
+        attempt.task.setdefault("still_running", []).append(attempt.number)
+        logger.warning(
+            "Task %s: attempt %d cannot be stopped (a function running in a thread); it "
+            "goes on running and holds its %d core(s) of the %s backend until it returns",
+            attempt.uid, attempt.number, attempt.held_slots, self.backend_type)
+        self._apply_report(attempt, Outcome.canceled())
+
+    def _release(self, attempt: Attempt) -> None:
+        """Give back the attempt's cores, unless its body still runs."""
+        if attempt.held_slots and not attempt.left_running and self._slot_pool is not None:
+            self._slot_pool.release(attempt.held_slots)
+            attempt.held_slots = 0
+
+    async def _drive(self, record: TaskRecord) -> None:
         task = record.task
         try:
             outcome = await self._run_attempts(record)
@@ -301,62 +321,72 @@ class ExecutionBackend(BaseExecutionBackend):
                     break
                 except asyncio.CancelledError:
                     continue
+            if record.attempt is not None:
+                self._release(record.attempt)
         except Exception as error:
             logger.exception("Internal error while running task %s", task["uid"])
-            outcome = Outcome(TaskState.FAILED, exception=BackendError(
+            outcome = Outcome.failed(BackendError(
                 f"Internal error in the {self.backend_type} backend: {error!r}", self.backend_type
             ))
         self._finish(record, outcome)
 
-    def _driver_done(self, record: _Record, driver: asyncio.Task[None]) -> None:
+    def _driver_done(self, record: TaskRecord, driver: asyncio.Task[None]) -> None:
         # A driver cancelled before its first step never ran _drive: finish it here.
         if driver.cancelled() and not TaskState(record.task["state"]).is_terminal:
-            self._finish(record, Outcome(TaskState.CANCELED))
+            self._finish(record, Outcome.canceled())
 
-    async def _run_attempts(self, record: _Record) -> Outcome:
+    async def _run_attempts(self, record: TaskRecord) -> Outcome:
         task = record.task
+        number = 0
         while True:
-            record.attempt += 1
+            number += 1
+            attempt = Attempt(task, number)
             self._notify(task, TaskState.WAITING)
-            pool = self._slot_pool
-            async with pool.hold(task_slots(task)) if pool else contextlib.nullcontext():
-                self._notify(task, TaskState.READY)
-                outcome = await self._attempt(record)
-            if outcome.state is not TaskState.FAILED or record.attempt > task["retries"]:
+            if self._slot_pool is not None:
+                slots = task_slots(task)
+                await self._slot_pool.acquire(slots)
+                attempt.held_slots = slots
+            self._notify(task, TaskState.READY)
+            # On CancelledError, _drive cancels the attempt, then releases its cores.
+            outcome = await self._attempt(record, attempt)
+            self._release(attempt)
+            if outcome.state is not TaskState.FAILED or number > task["retries"]:
                 return outcome
             task.update(outcome.results())
             self._notify(task, TaskState.RETRYING)
             await asyncio.sleep(task["retry_delay"])
 
-    async def _attempt(self, record: _Record) -> Outcome:
+    async def _attempt(self, record: TaskRecord, attempt: Attempt) -> Outcome:
         loop = asyncio.get_running_loop()
+        record.attempt = attempt
         record.outcome = outcome = loop.create_future()
         record.executing = False
-        self._launcher.add(record.task["uid"])
+        self._launcher.add(attempt)
         timeout = record.task["timeout"]
         try:
             result = await asyncio.wait_for(asyncio.shield(outcome), timeout)
         except TimeoutError:
             result = await self._cancel_attempt(record)
             if result.state is TaskState.CANCELED:
-                result = Outcome(
-                    TaskState.FAILED,
-                    exception=TimeoutError(
-                        f"Task '{record.task['uid']}' exceeded its timeout of {timeout}s"
-                    ),
-                )
+                message = f"Task '{attempt.uid}' exceeded its timeout of {timeout}s"
+                if attempt.left_running:
+                    message += (f"; attempt {attempt.number} could not be stopped (a function "
+                                "in a thread) and still runs, holding its cores until it "
+                                "returns (executor='process' stops it)")
+                result = Outcome.failed(TimeoutError(message))
         # Not cleared on CancelledError: _cancel_attempt still needs the pending outcome.
         record.outcome = None
         return result
 
-    async def _cancel_attempt(self, record: _Record) -> Outcome:
+    async def _cancel_attempt(self, record: TaskRecord) -> Outcome:
         """Stop the running attempt, if any; give the backend a grace period."""
         outcome = record.outcome
         if outcome is None:
-            return Outcome(TaskState.CANCELED)
+            return Outcome.canceled()
         if outcome.done():
             return outcome.result()
-        self._canceller.add(record.task["uid"])
+        assert record.attempt is not None
+        self._canceller.add(record.attempt)
         try:
             return await asyncio.wait_for(asyncio.shield(outcome), CANCEL_GRACE_SECONDS)
         except TimeoutError:
@@ -366,29 +396,28 @@ class ExecutionBackend(BaseExecutionBackend):
                 self.backend_type, record.task["uid"], CANCEL_GRACE_SECONDS,
             )
             outcome.cancel()
-            return Outcome(TaskState.CANCELED)
+            return Outcome.canceled()
 
-    async def _flush_launch(self, uids: list[str]) -> None:
-        tasks = [self._records[uid].task for uid in uids]
+    async def _flush_launch(self, attempts: list[Attempt]) -> None:
         try:
             if self._broken is not None:
                 raise self._broken
-            await self._launch(tasks)
+            await self._launch(attempts)
         except Exception as error:
             backend_error = error if isinstance(error, BackendError) else BackendError(
                 f"The {self.backend_type} backend failed to launch tasks: {error!r}",
                 self.backend_type,
             )
-            for uid in uids:
-                self._report(uid, TaskState.FAILED, exception=backend_error)
+            for attempt in attempts:
+                self._report(attempt, Outcome.failed(backend_error))
 
-    async def _flush_cancel(self, uids: list[str]) -> None:
+    async def _flush_cancel(self, attempts: list[Attempt]) -> None:
         try:
-            await self._cancel(uids)
+            await self._cancel(attempts)
         except Exception:
-            logger.exception("The %s backend failed to cancel %s", self.backend_type, uids)
+            logger.exception("The %s backend failed to cancel %s", self.backend_type, attempts)
 
-    def _finish(self, record: _Record, outcome: Outcome) -> None:
+    def _finish(self, record: TaskRecord, outcome: Outcome) -> None:
         task = record.task
         task.update(outcome.results())
         if outcome.state is not TaskState.CANCELED and not record.executing:

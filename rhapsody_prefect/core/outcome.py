@@ -1,10 +1,20 @@
-"""The end of one attempt of a task, and the TaskError of a failed task.
+"""How a body ended: the one result every backend reports, and the TaskError of a failed task.
 
-    outcome = Outcome(TaskState.FAILED, exit_code=2, stderr="no such file")
-    error = task_error({"uid": "t1", **outcome.results()})   # TaskError, exit code 2
+An `Outcome` is built where the body ran (a thread, a worker process, a Dask worker,
+a raptor worker, or the backend itself when the body never ran), travels back as
+data, and is reported once, with the attempt it ends:
 
-A backend reports an outcome with `ExecutionBackend._report(uid, state, **results)`;
-the engine writes its fields into the task dict.
+    >>> from rhapsody_prefect.core.outcome import Outcome
+    >>> Outcome.command(2, "", "no such file").state
+    <TaskState.FAILED: 'FAILED'>
+    >>> Outcome.completed(42).results()["return_value"]
+    42
+
+    backend._report(attempt, Outcome.completed(42))    # ExecutionBackend, any thread
+
+The engine writes `results()` into the task dict: `return_value`, `exception`,
+`exit_code`, `stdout`, `stderr`, and `logs` (the run-logger records and prints a
+function body captured, `LogLine`s, for the submitting side to replay).
 """
 
 from __future__ import annotations
@@ -29,9 +39,18 @@ def tail(text: str | bytes | None, limit: int = OUTPUT_TAIL_CHARS) -> str:
     return text[-limit:]
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True, slots=True)
+class LogLine:
+    """One log record or printed line a body produced, reduced to what is replayed."""
+
+    created: float
+    levelno: int
+    message: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class Outcome:
-    """The end of one attempt, as a backend reports it."""
+    """The end of one attempt: a terminal state and what the body left."""
 
     state: TaskState
     exit_code: int | None = None
@@ -39,6 +58,28 @@ class Outcome:
     stderr: str | None = None
     return_value: Any = None
     exception: BaseException | None = None
+    logs: tuple[LogLine, ...] = ()
+
+    @classmethod
+    def completed(cls, value: Any, logs: tuple[LogLine, ...] = ()) -> Outcome:
+        """A function that returned `value`."""
+        return cls(TaskState.COMPLETED, return_value=value, logs=logs)
+
+    @classmethod
+    def failed(cls, error: BaseException, logs: tuple[LogLine, ...] = ()) -> Outcome:
+        """A body that raised `error` (made portable where it ran), or never ran."""
+        return cls(TaskState.FAILED, exception=error, logs=logs)
+
+    @classmethod
+    def command(cls, exit_code: int, stdout: str, stderr: str) -> Outcome:
+        """A command that exited: COMPLETED with exit code 0, else FAILED."""
+        state = TaskState.COMPLETED if exit_code == 0 else TaskState.FAILED
+        return cls(state, exit_code=exit_code, stdout=stdout, stderr=stderr)
+
+    @classmethod
+    def canceled(cls) -> Outcome:
+        """The body was stopped before it ended."""
+        return cls(TaskState.CANCELED)
 
     def results(self) -> dict[str, Any]:
         """The result fields, as written into the task dict."""
@@ -72,4 +113,4 @@ def task_error(task: TaskDict, also_failed: list[str] | None = None) -> TaskErro
     return TaskError(message, task_uid=uid, exit_code=exit_code, details=details)
 
 
-__all__ = ["OUTPUT_TAIL_CHARS", "RESULT_FIELDS", "Outcome", "tail", "task_error"]
+__all__ = ["OUTPUT_TAIL_CHARS", "RESULT_FIELDS", "LogLine", "Outcome", "tail", "task_error"]

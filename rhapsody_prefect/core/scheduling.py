@@ -81,22 +81,22 @@ class _Hold:
 
 
 class Batcher:
-    """Collects uids for `delay` seconds (0: one loop iteration), then hands them over."""
+    """Collects items (attempts) for `delay` s (0: one loop iteration), then hands them over."""
 
-    def __init__(self, flush: Callable[[list[str]], Awaitable[None]], delay: float = 0.0) -> None:
+    def __init__(self, flush: Callable[[list[Any]], Awaitable[None]], delay: float = 0.0) -> None:
         self._flush = flush
         self._delay = delay
-        self._items: list[str] = []
+        self._items: list[Any] = []
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def add(self, uid: str) -> None:
+    def add(self, item: Any) -> None:
         if not self._items:
             loop = asyncio.get_running_loop()
             if self._delay > 0:
                 loop.call_later(self._delay, self._run)
             else:
                 loop.call_soon(self._run)
-        self._items.append(uid)
+        self._items.append(item)
 
     def _run(self) -> None:
         items, self._items = self._items, []

@@ -29,7 +29,11 @@ TaskList = list[TaskDict]
 CallbackFunction = Callable[[TaskDict, str], None]
 
 #: Keys a backend writes back into the task dict.
-RESULT_KEYS = ("state", "exit_code", "stdout", "stderr", "return_value", "exception")
+#: `logs`: what a function body with `capture` logged and printed (core.outcome.LogLine);
+#: `still_running`: attempts that ended for the task (timeout, cancel) while their body
+#: could not be stopped and went on running (a thread-mode function), by attempt number.
+RESULT_KEYS = ("state", "exit_code", "stdout", "stderr", "return_value", "exception", "logs",
+               "still_running")
 
 #: Keys a user may set, with a short description used in error messages.
 TASK_KEYS: dict[str, str] = {
@@ -51,6 +55,8 @@ TASK_KEYS: dict[str, str] = {
     "retry_delay": "seconds between backend-level retries (number >= 0)",
     "pre_exec": "shell commands run before the executable (list of str)",
     "backend_kwargs": "backend-specific options (dict)",
+    "capture": "for a function: capture its run-logger records and prints into 'logs' "
+               "(a body.capture.BodyContext; set by the Prefect adapter)",
 }
 
 _uid_counter = itertools.count(1)
@@ -138,7 +144,7 @@ def validate_task(task: TaskDict) -> TaskDict:
         task["arguments"] = _str_list(task, "arguments")
         if not isinstance(task.setdefault("shell", False), bool):
             raise _fail("shell", f"expected a bool, got {task['shell']!r}")
-        for key in ("args", "kwargs"):
+        for key in ("args", "kwargs", "capture"):
             if task.get(key):
                 raise _fail(key, "only allowed with 'function', not with 'executable'")
     else:

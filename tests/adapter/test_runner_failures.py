@@ -25,7 +25,7 @@ from prefect.context import get_run_context
 
 import rhapsody_prefect as rhapsody
 from rhapsody_prefect import BackendError, RhapsodyRunner, TaskState
-from rhapsody_prefect.backends.base import ExecutionBackend
+from rhapsody_prefect.backends.base import ExecutionBackend, Outcome
 from tests.helpers import pid_alive, wait_until
 
 
@@ -34,16 +34,16 @@ class _UppercaseBackend(ExecutionBackend):
 
     backend_type = "uppercase"
 
-    async def _launch(self, tasks):
-        for spec in tasks:
-            self._report(spec["uid"], TaskState.EXECUTING)
+    async def _launch(self, attempts):
+        for attempt in attempts:
+            spec = attempt.task
+            self._report(attempt, TaskState.EXECUTING)
             try:
-                outcome = spec["function"](*spec["args"], **spec["kwargs"])
+                value = spec["function"](*spec["args"], **spec["kwargs"])
             except Exception as error:
-                self._report(spec["uid"], TaskState.FAILED, exception=error)
+                self._report(attempt, Outcome.failed(error))
                 continue
-            outcome.value = outcome.value.upper()
-            self._report(spec["uid"], TaskState.COMPLETED, return_value=outcome)
+            self._report(attempt, Outcome.completed(value.upper()))
 
 
 class _BrokenBackend(ExecutionBackend):
@@ -52,7 +52,7 @@ class _BrokenBackend(ExecutionBackend):
     async def _start(self):
         raise OSError("no route to the batch system (test)")
 
-    async def _launch(self, tasks):  # pragma: no cover - never started
+    async def _launch(self, attempts):  # pragma: no cover - never started
         raise AssertionError
 
 

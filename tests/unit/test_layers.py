@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import pathlib
+import warnings
 
 import pytest
 
@@ -22,7 +23,10 @@ ALLOWED: dict[str, set[str]] = {
 }
 #: Modules of a layer that may import Prefect (everything else below the adapter may not).
 PREFECT_ALLOWED = {"body/prefect_context.py"}
+#: About this many lines is a review warning: look for a second concept (never split to get
+#: under the number). Past HARD_MAX_LINES a module is failed.
 MAX_LINES = 400
+HARD_MAX_LINES = 500
 
 
 def _imports(path: pathlib.Path, root: pathlib.Path = PACKAGE) -> list[tuple[int, str]]:
@@ -82,7 +86,11 @@ def test_imports_run_one_way(path: pathlib.Path) -> None:
 @pytest.mark.parametrize("path", _modules(), ids=lambda p: str(p.relative_to(PACKAGE)))
 def test_modules_stay_small_and_say_what_they_are(path: pathlib.Path) -> None:
     text = path.read_text()
-    assert len(text.splitlines()) <= MAX_LINES, f"{path.name}: over {MAX_LINES} lines"
+    lines = len(text.splitlines())
+    assert lines <= HARD_MAX_LINES, f"{path.name}: {lines} lines, over {HARD_MAX_LINES}"
+    if lines > MAX_LINES:
+        warnings.warn(f"{path.name}: {lines} lines: is there a second concept in it?",
+                      stacklevel=1)
     assert ast.get_docstring(ast.parse(text)), f"{path.name} has no module docstring"
 
 

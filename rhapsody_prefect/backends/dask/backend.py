@@ -56,8 +56,10 @@ import distributed
 from distributed import Client
 
 from ...body.dask_worker import payload_of, run_on_worker
-from ...core.constants import BackendType, TaskState
+from ...core.attempt import Attempt
+from ...core.constants import BackendType
 from ...core.engine import ExecutionBackend
+from ...core.outcome import Outcome
 from ...core.tasks import TaskDict
 from .options import DaskOptions, load_cluster_class, network_kwargs
 from .watch import FutureWatcher, Launched, SchedulerLost
@@ -143,7 +145,11 @@ class DaskBackend(ExecutionBackend):
             cluster.close()
             raise
 
-    async def _launch(self, tasks: list[TaskDict]) -> None:
+    def _key(self, attempt: Attempt) -> str:
+        """The Dask key of an attempt: its own, so a retry never meets its predecessor."""
+        return f"rhapsody-{attempt.uid}-{attempt.number}-{self._token}"
+
+    async def _launch(self, attempts: list[Attempt]) -> None:
         client, watcher = self._client, self._watcher
         if client is None or watcher is None or client.status != "running":
             raise SchedulerLost(
@@ -153,17 +159,16 @@ class DaskBackend(ExecutionBackend):
             )
         self._guard_own_workers()  # workers an adaptive cluster added since
         # One graph update per set of submit options (usually one for the whole batch).
-        groups: dict[str, tuple[dict[str, Any], list[tuple[str, str, bytes]]]] = {}
-        for task in tasks:
-            uid = task["uid"]
-            key = f"rhapsody-{uid}-{self.attempt_of(uid)}-{self._token}"
+        groups: dict[str, tuple[dict[str, Any], list[tuple[Attempt, str, bytes]]]] = {}
+        for attempt in attempts:
             try:  # a task that cannot be pickled fails alone
-                payload = cloudpickle.dumps(payload_of(task))
-                options = self._submit_options(task)
+                payload = cloudpickle.dumps(payload_of(attempt.task))
+                options = self._submit_options(attempt.task)
             except Exception as error:
-                self._report(uid, TaskState.FAILED, exception=error)
+                self._report(attempt, Outcome.failed(error))
                 continue
-            groups.setdefault(repr(options), (options, []))[1].append((uid, key, payload))
+            groups.setdefault(repr(options), (options, []))[1].append(
+                (attempt, self._key(attempt), payload))
         launched: list[Launched] = []
         for options, members in groups.values():
             launched += self._submit_group(client, options, members)
@@ -171,24 +176,25 @@ class DaskBackend(ExecutionBackend):
             client.loop.add_callback(watcher.watch, launched)
 
     def _submit_group(
-        self, client: Client, options: dict[str, Any], members: list[tuple[str, str, bytes]]
+        self, client: Client, options: dict[str, Any], members: list[tuple[Attempt, str, bytes]]
     ) -> list[Launched]:
         """Submit tasks with the same submit options in one `Client.map` (one graph update)."""
-        uids, keys, payloads = zip(*members, strict=True)
+        attempts, keys, payloads = zip(*members, strict=True)
         try:
             futures = client.map(
                 run_on_worker, payloads, [self._topic] * len(keys), keys,
                 key=list(keys), pure=False, retries=0, **options,
             )
         except Exception as error:
-            for uid in uids:
-                self._report(uid, TaskState.FAILED, exception=error)
+            for attempt in attempts:
+                self._report(attempt, Outcome.failed(error))
             return []
-        return [Launched(*member) for member in zip(uids, keys, futures, strict=True)]
+        return [Launched(*member) for member in zip(attempts, keys, futures, strict=True)]
 
-    async def _cancel(self, uids: list[str]) -> None:
+    async def _cancel(self, attempts: list[Attempt]) -> None:
         if self._client is not None and self._watcher is not None:
-            await self._on_client_loop(self._watcher.cancel(uids))
+            keys = [self._key(attempt) for attempt in attempts]
+            await self._on_client_loop(self._watcher.cancel(keys))
 
     async def _shutdown(self) -> None:
         await asyncio.to_thread(self._close)

@@ -3,13 +3,15 @@
     watcher = FutureWatcher(client, report=backend._report, lost=backend._break)
     client.subscribe_topic(topic, watcher.on_event)     # EXECUTING, announced by the workers
     futures = client.map(run_on_worker, payloads, ..., key=keys, pure=False)
-    client.loop.add_callback(watcher.watch, [Launched(uid, key, f) for ...])
-    # -> backend._report(uid, TaskState.COMPLETED, return_value=...), once per task
-    await watcher.cancel(["task.000001"])                # a coroutine for the client's loop
+    client.loop.add_callback(watcher.watch, [Launched(attempt, key, f) for ...])
+    # -> backend._report(attempt, Outcome(...)), once per launched attempt
+    await watcher.cancel([attempt])                      # a coroutine for the client's loop
 
-The watcher owns the launched futures: it alone touches them and its maps, on the
-client's loop; it reports through `report` (the engine's `_report`, which takes
-reports from any thread to the backend's loop, one wake-up per burst).
+The watcher owns the launched futures: it alone touches them, on the client's
+loop, keyed by their Dask key; it reports every launched attempt's start and end
+through `report` (the engine's `_report`, which takes reports from any thread to
+the backend's loop, one wake-up per burst, and alone decides whether an attempt
+still counts).
 
 Every launched future is watched by one `distributed.as_completed`, which later
 launches join. The futures that finished are gathered in rounds: one
@@ -36,8 +38,10 @@ from typing import Any
 import distributed
 from distributed import Client, Future
 
+from ...core.attempt import Attempt
 from ...core.constants import BackendType, TaskState
 from ...core.exceptions import BackendError
+from ...core.outcome import Outcome
 
 #: Dask's client-side future states -> TaskState, in one place.
 DASK_STATES: Mapping[str, TaskState] = MappingProxyType({
@@ -67,11 +71,15 @@ class SchedulerLost(BackendError):
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Launched:
-    """A task's attempt submitted to Dask."""
+    """An attempt submitted to Dask, under its own key."""
 
-    uid: str
+    attempt: Attempt
     key: str
     future: Future
+
+    @property
+    def uid(self) -> str:
+        return self.attempt.uid
 
 
 class FutureWatcher:
@@ -85,12 +93,11 @@ class FutureWatcher:
         address: str | None = None,
     ) -> None:
         self._client = client
-        self._report_state = report  # report(uid, state, **fields), from any thread
+        self._report = report  # report(attempt, TaskState | Outcome), from any thread
         self._lost = lost
         self._address = address  # for messages, when the client no longer knows it
         # All on the client's loop:
-        self._attempts: dict[str, Launched] = {}  # key -> launched, outcome not reported
-        self._key_of: dict[str, str] = {}  # uid -> key of its attempt
+        self._launched: dict[str, Launched] = {}  # key -> launched, outcome not reported
         self._cancelling: set[str] = set()  # keys
         self._pending: dict[str, Launched] = {}  # key -> not in a round yet
         self._completed: distributed.as_completed | None = None  # while a watcher runs
@@ -100,8 +107,7 @@ class FutureWatcher:
     def watch(self, launched: list[Launched]) -> None:
         """Watch these futures too (call on the client's loop)."""
         for entry in launched:
-            self._attempts[entry.key] = self._pending[entry.key] = entry
-            self._key_of[entry.uid] = entry.key
+            self._launched[entry.key] = self._pending[entry.key] = entry
         futures = [entry.future for entry in launched]
         if self._completed is not None:
             self._completed.update(futures)
@@ -111,15 +117,15 @@ class FutureWatcher:
 
     def on_event(self, event: tuple[float, Any]) -> None:
         """`subscribe_topic` handler: a worker started the task with this key."""
-        entry = self._attempts.get(event[1])
+        entry = self._launched.get(event[1])
         if entry is not None:
-            self._report_state(entry.uid, TaskState.EXECUTING)
+            self._report(entry.attempt, TaskState.EXECUTING)
 
-    async def cancel(self, uids: list[str]) -> None:
-        """Cancel the attempts of these tasks (run on the client's loop)."""
+    async def cancel(self, keys: list[str]) -> None:
+        """Cancel the launched attempts with these keys (run on the client's loop)."""
         futures = []
-        for uid in uids:
-            entry = self._attempts.get(self._key_of.get(uid, ""))
+        for key in keys:
+            entry = self._launched.get(key)
             if entry is not None:
                 self._cancelling.add(entry.key)
                 futures.append(entry.future)
@@ -158,41 +164,35 @@ class FutureWatcher:
 
     async def _round(self, entries: list[Launched]) -> None:
         waiting = {e.key: e.future for e in entries if e.future.status not in NO_RESULT}
-        envelopes: dict[str, Any] = {}
+        outcomes: dict[str, Outcome] = {}
         error: BaseException | None = None
         try:
             if waiting:
-                envelopes = await self._client.gather(waiting, errors="skip", asynchronous=True)
+                outcomes = await self._client.gather(waiting, errors="skip", asynchronous=True)
         except BaseException as exc:  # every outcome must be reported
             error = exc
-        self._end(entries, envelopes, error)
+        self._end(entries, outcomes, error)
 
     def _end(
-        self, entries: list[Launched], envelopes: dict[str, Any], error: BaseException | None
+        self, entries: list[Launched], outcomes: dict[str, Outcome], error: BaseException | None
     ) -> None:
-        """Report each entry's outcome: its envelope, else why it has none."""
+        """Report each entry's outcome: what its body returned, else why it has none."""
         for entry in entries:
-            envelope = envelopes.get(entry.key)
-            if envelope is not None:  # the gather brought its result
-                state, fields = envelope.outcome()
-            else:
-                state, fields = self._failure(entry, _error_of(entry, error))
-            self._attempts.pop(entry.key, None)
+            outcome = outcomes.get(entry.key)
+            if outcome is None:  # the gather brought no result: why
+                outcome = self._failure(entry, _error_of(entry, error))
+            self._launched.pop(entry.key, None)
             self._cancelling.discard(entry.key)
-            if self._key_of.get(entry.uid) == entry.key:
-                del self._key_of[entry.uid]
-            self._report_state(entry.uid, state, **fields)
+            self._report(entry.attempt, outcome)
 
     # ------------------------------------------------------------------ outcomes
-    def _failure(
-        self, entry: Launched, error: BaseException
-    ) -> tuple[TaskState, dict[str, Any]]:
+    def _failure(self, entry: Launched, error: BaseException) -> Outcome:
         uid, key, future = entry.uid, entry.key, entry.future
         state = DASK_STATES.get(future.status or "", TaskState.FAILED)
         if state is TaskState.CANCELED:
             reason = getattr(future._state.exception, "reason", None) if future._state else None
             if key in self._cancelling or reason == CANCEL_REASON:
-                return TaskState.CANCELED, {}
+                return Outcome.canceled()
             if reason == "scheduler-connection-lost":
                 lost = SchedulerLost(
                     f"Lost the connection to the Dask scheduler at {self._scheduler_address()}; "
@@ -200,22 +200,22 @@ class FutureWatcher:
                     BackendType.DASK,
                 )
                 self._lost(lost)
-                return TaskState.FAILED, {"exception": lost}
-            return TaskState.FAILED, {"exception": BackendError(
+                return Outcome.failed(lost)
+            return Outcome.failed(BackendError(
                 f"Dask cancelled task '{uid}' (key {key}): {error}", BackendType.DASK
-            )}
+            ))
         if isinstance(error, distributed.KilledWorker):
-            return TaskState.FAILED, {"exception": WorkerLost(
+            return Outcome.failed(WorkerLost(
                 f"Task '{uid}' failed: KilledWorker: the Dask workers running it died "
                 f"({error})",
                 BackendType.DASK,
                 details={"key": key},
-            )}
+            ))
         if isinstance(error, asyncio.CancelledError):
             error = BackendError(
                 f"The Dask client stopped watching task '{uid}'", BackendType.DASK
             )
-        return TaskState.FAILED, {"exception": error}
+        return Outcome.failed(error)
 
     def _scheduler_address(self) -> str:
         with contextlib.suppress(Exception):

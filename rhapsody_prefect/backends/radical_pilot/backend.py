@@ -48,11 +48,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from ...core.attempt import Attempt
 from ...core.capacity import Capacity
-from ...core.constants import TaskState
 from ...core.engine import ExecutionBackend
 from ...core.exceptions import ConfigurationError, refuse_unknown_options
 from ...core.notices import Notices
+from ...core.outcome import Outcome
 from ...core.tasks import TaskDict, is_function_task
 from .config import pilot_config
 from .lifecycle import PENDING_TIMEOUT, STARTUP_TIMEOUT
@@ -138,7 +139,7 @@ class RadicalPilotBackend(ExecutionBackend):
         self.keep_sandbox = keep_sandbox
         self.shared = shared
         self._run: PilotRun | None = None if shared else self._new_run()
-        self._current: dict[str, str] = {}  # uid -> rp uid of its latest attempt
+        self._rp_uids: dict[Attempt, str] = {}  # launched attempt -> its RP task, to cancel
 
     def _new_run(self) -> PilotRun:
         return PilotRun(self.config, self.work_dir, self.keep_sandbox,
@@ -247,36 +248,37 @@ class RadicalPilotBackend(ExecutionBackend):
         )
 
     # ---------------------------------------------------------- descriptions
-    def _rp_uid(self, uid: str, function: bool) -> str:
+    def _rp_uid(self, attempt: Attempt, function: bool) -> str:
         assert self._run is not None
-        rp_uid = self._run.register(self, uid, function)
-        self._current[uid] = rp_uid
+        rp_uid = self._run.register(self, attempt, function)
+        self._rp_uids[attempt] = rp_uid
         return rp_uid
 
-    def _description(self, task: TaskDict) -> Any:
+    def _description(self, attempt: Attempt) -> Any:
+        task = attempt.task
         if not is_function_task(task):
-            return executable_description(task, self._rp_uid(task["uid"], False))
+            return executable_description(task, self._rp_uid(attempt, False))
         assert self._run is not None
-        rp_uid = self._rp_uid(task["uid"], True)
+        rp_uid = self._rp_uid(attempt, True)
         return function_description(task, rp_uid, self._run.raptor.cancel_marker(rp_uid))
 
     # ------------------------------------------------------------------ hooks
-    async def _launch(self, tasks: list[TaskDict]) -> None:
+    async def _launch(self, attempts: list[Attempt]) -> None:
         run = self._run
         assert run is not None
         executables, functions = [], []
-        for task in tasks:
+        for attempt in attempts:
             try:
-                description = self._description(task)
+                description = self._description(attempt)
             except Exception as error:  # e.g. a function that cannot be pickled
-                self._report(task["uid"], TaskState.FAILED, exception=error)
+                self._report(attempt, Outcome.failed(error))
                 continue
-            (functions if is_function_task(task) else executables).append(description)
+            (functions if is_function_task(attempt.task) else executables).append(description)
         await asyncio.to_thread(run.submit, executables, functions)
 
-    async def _cancel(self, uids: list[str]) -> None:
+    async def _cancel(self, attempts: list[Attempt]) -> None:
         if self._run is not None:
-            rp_uids = [self._current[uid] for uid in uids if uid in self._current]
+            rp_uids = [self._rp_uids[a] for a in attempts if a in self._rp_uids]
             await asyncio.to_thread(self._run.cancel, rp_uids)
 
     async def _shutdown(self) -> None:

@@ -3,7 +3,7 @@
     run = PilotRun(resources, raptor, work_dir, keep_sandbox=False, default_work_dir=True,
                    shared=False)
     run.start()                                  # session, managers, pilot (blocking)
-    rp_uid = run.register(backend, uid, function=False)
+    rp_uid = run.register(backend, attempt, function=False)
     run.submit([description], [])                # RP calls back on its listener thread
     run.close()                                  # session closed, processes reaped, files gone
 
@@ -27,9 +27,11 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ...core.attempt import Attempt
 from ...core.constants import TaskState
 from ...core.exceptions import BackendError, ConfigurationError
 from ...core.guard import Guard
+from ...core.outcome import Outcome
 from . import loopback
 from .batch_job import launcher_environment
 from .config import PilotConfig, pilot_description, run_resource_entry
@@ -104,8 +106,8 @@ class PilotRun:
         self.closed = False
         self.lock = threading.Lock()
         self.rp_counter = itertools.count(1)
-        #: rp uid -> (backend, uid, attempt, is function task)
-        self.tasks: dict[str, tuple[RadicalPilotBackend, str, int, bool]] = {}
+        #: rp uid -> (backend, the attempt it runs, is function task)
+        self.tasks: dict[str, tuple[RadicalPilotBackend, Attempt, bool]] = {}
         self.backends: set[RadicalPilotBackend] = set()
         self.t0 = time.monotonic()
         #: Seconds since start: session, pilot_submitted, pilot_active, raptor_*; close.
@@ -177,10 +179,10 @@ class PilotRun:
                 f"active after {timeout} s: {self.watch.status()}", BACKEND_TYPE)
 
     # ----------------------------------------------------------------- tasks
-    def register(self, backend: RadicalPilotBackend, uid: str, function: bool) -> str:
+    def register(self, backend: RadicalPilotBackend, attempt: Attempt, function: bool) -> str:
         rp_uid = f"rh.{next(self.rp_counter):06d}"
         with self.lock:
-            self.tasks[rp_uid] = (backend, uid, backend.attempt_of(uid), function)
+            self.tasks[rp_uid] = (backend, attempt, function)
             self.backends.add(backend)
         return rp_uid
 
@@ -215,7 +217,7 @@ class PilotRun:
                 entry = self.tasks.get(rp_uid)
                 if entry is None:
                     continue
-                if entry[3]:
+                if entry[2]:
                     del self.tasks[rp_uid]
                     dropped.append((rp_uid, entry))
                 else:
@@ -224,8 +226,8 @@ class PilotRun:
             self.raptor.stop_functions([rp_uid for rp_uid, _ in dropped])
         except Exception:
             logger.exception("radical_pilot: could not stop function tasks")
-        for _, (backend, uid, _, _) in dropped:
-            backend._report(uid, TaskState.CANCELED)
+        for _, (backend, attempt, _) in dropped:
+            backend._report(attempt, TaskState.CANCELED)
         if executables and self.tmgr is not None:
             self.tmgr.cancel_tasks(executables)
 
@@ -248,13 +250,11 @@ class PilotRun:
                     return
                 if mapped.is_terminal:
                     del self.tasks[rp_uid]
-            backend, uid, attempt, function = entry
-            if backend.attempt_of(uid) != attempt:
-                return  # a late report of an earlier attempt
+            backend, attempt, function = entry
             if mapped is TaskState.EXECUTING:
-                backend._report(uid, TaskState.EXECUTING)
+                backend._report(attempt, TaskState.EXECUTING)
             else:
-                backend._report_result(uid, task_outcome(
+                backend._report(attempt, task_outcome(
                     rp_task, mapped, function, self.local, lambda: self.lost_task_error(rp_task)
                 ))
         except Exception:
@@ -291,11 +291,11 @@ class PilotRun:
 
     def fail_tasks(self, error: BackendError, functions_only: bool = False) -> None:
         with self.lock:
-            lost = [(k, v) for k, v in self.tasks.items() if v[3] or not functions_only]
+            lost = [(k, v) for k, v in self.tasks.items() if v[2] or not functions_only]
             for rp_uid, _ in lost:
                 del self.tasks[rp_uid]
-        for _, (backend, uid, _, _) in lost:
-            backend._report(uid, TaskState.FAILED, exception=error)
+        for _, (backend, attempt, _) in lost:
+            backend._report(attempt, Outcome.failed(error))
 
     def pilot_callback(self, pilot: Any, state: str | None = None) -> None:
         try:

@@ -2,8 +2,8 @@
 
     description = executable_description(task, rp_uid="rh.000001")
     state = RP_TO_TASK_STATE[rp_task.state]                  # AGENT_EXECUTING -> EXECUTING
-    state, fields = task_outcome(rp_task, TaskState.COMPLETED, function=False, local=True,
-                                 lost=lambda: error)
+    outcome = task_outcome(rp_task, TaskState.COMPLETED, function=False, local=True,
+                           lost=lambda: error)          # core.outcome.Outcome
 
 RADICAL-Pilot's task states map onto TaskState here, once; the backend reports
 only EXECUTING and the terminal states (the engine announces NEW, WAITING, READY).
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import pickle
 import shlex
 from collections.abc import Callable
@@ -20,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from ...body import raptor_call
-from ...body.envelope import Envelope
 from ...core.constants import TaskState
 from ...core.exceptions import BackendError
+from ...core.outcome import Outcome
 from ...core.tasks import TaskDict
 from .rp_import import rp, ru
 
@@ -91,7 +92,8 @@ def executable_description(task: TaskDict, rp_uid: str) -> Any:
 def function_description(task: TaskDict, rp_uid: str, cancel_marker: str | None) -> Any:
     """The RP TaskDescription of a function task (runs `raptor_call.run_payload`)."""
     payload = raptor_call.encode_payload(
-        task["function"], task["args"], task["kwargs"], task.get("cwd"), cancel_marker
+        task["function"], task["args"], task["kwargs"], task.get("cwd"), cancel_marker,
+        task.get("capture"),
     )
     # The serialized form raptor's PythonTask uses: the call runs `run_payload`.
     wrapped = {"func": pickle.dumps(raptor_call.run_payload), "args": (payload,), "kwargs": {}}
@@ -112,30 +114,27 @@ def function_description(task: TaskDict, rp_uid: str, cancel_marker: str | None)
 def task_outcome(
     rp_task: Any, state: TaskState, function: bool, local: bool,
     lost: Callable[[], BackendError],
-) -> tuple[TaskState, dict[str, Any]]:
-    """The engine's (state, fields) for a finished RP task; `lost()` says why RP lost it."""
+) -> Outcome:
+    """The outcome of a finished RP task; `lost()` says why RP lost it."""
     if state is TaskState.CANCELED:
-        return state, {}
-    results: dict[str, Any] = {
-        "stdout": full_output(rp_task, "out", rp_task.stdout, local),
-        "stderr": full_output(rp_task, "err", rp_task.stderr, local),
-    }
+        return Outcome.canceled()
+    output = {"stdout": full_output(rp_task, "out", rp_task.stdout, local),
+              "stderr": full_output(rp_task, "err", rp_task.stderr, local)}
     if not function:
-        results["exit_code"] = rp_task.exit_code
         if state is TaskState.COMPLETED:
-            return state, results
+            return Outcome(state, exit_code=rp_task.exit_code, **output)
         if rp_task.exit_code not in (None, 0):  # the exit code says enough
-            return TaskState.FAILED, results
+            return Outcome(TaskState.FAILED, exit_code=rp_task.exit_code, **output)
+        output["exit_code"] = rp_task.exit_code
     elif state is TaskState.COMPLETED and isinstance(rp_task.return_value, str):
         try:
-            envelope = raptor_call.decode_result(rp_task.return_value)
+            outcome = raptor_call.decode_result(rp_task.return_value)
         except Exception as error:
-            envelope = Envelope("error", BackendError(
+            outcome = Outcome.failed(BackendError(
                 f"Could not unpickle the result of {rp_task.uid}: {error!r}", BACKEND_TYPE))
-        state, fields = envelope.outcome()
-        return state, {**results, **fields}
+        return dataclasses.replace(outcome, **output)
     # FAILED (or a function without a result): RP lost the task (pilot, worker).
-    return TaskState.FAILED, {**results, "exception": lost()}
+    return Outcome(TaskState.FAILED, exception=lost(), **output)
 
 
 def full_output(rp_task: Any, suffix: str, fallback: str | None, local: bool) -> str:

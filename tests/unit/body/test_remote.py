@@ -1,4 +1,4 @@
-"""run_body: the Prefect run context a body gets where it runs, and its cost."""
+"""run_call with a capture context: the Prefect run context a body gets where it runs, and its cost."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import prefect  # noqa: F401  (a body's process with Prefect loaded gets a run c
 from prefect.context import TaskRunContext
 from prefect.logging import get_run_logger
 
-from rhapsody_prefect.body.capture import BodyContext, run_body
+from rhapsody_prefect.body.calls import run_call
+from rhapsody_prefect.body.capture import BodyContext
 
 
 def _context() -> BodyContext:
@@ -29,8 +30,8 @@ def _inspect_run() -> tuple[str, list[str], object]:
 
 
 def test_body_gets_a_task_run_context_with_defaults_filled_in():
-    outcome = run_body(_inspect_run, (), {}, _context())
-    name, tags, policy = outcome.value
+    outcome = run_call(_inspect_run, (), {}, _context())
+    name, tags, policy = outcome.return_value
     assert name == "square-a1b"
     assert tags == [] and policy is not None
     assert [line.message for line in outcome.logs] == ["inside the body"]
@@ -38,15 +39,28 @@ def test_body_gets_a_task_run_context_with_defaults_filled_in():
 
 def test_building_the_context_leaves_no_reference_cycles():
     context = _context()
-    run_body(_inspect_run, (), {}, context)
+    run_call(_inspect_run, (), {}, context)
     gc.collect()
     gc.disable()
     try:
         for _ in range(100):
-            run_body(len, ([1],), {}, context)
+            run_call(len, ([1],), {}, context)
         unreachable = gc.collect()
     finally:
         gc.enable()
     # pydantic's model_construct parsed `list`'s signature per body (about 26 cyclic
     # objects each); other threads of this process may add a few of their own.
     assert unreachable < 100, f"{unreachable} objects in reference cycles after 100 bodies"
+
+
+def _log_then_raise() -> None:
+    get_run_logger().warning("about to fail")
+    raise ValueError("boom")
+
+
+def test_a_failing_body_keeps_its_logs_and_a_portable_error():
+    outcome = run_call(_log_then_raise, (), {}, _context())
+    assert outcome.state.value == "FAILED"
+    assert isinstance(outcome.exception, ValueError)
+    assert any("Remote traceback" in note for note in outcome.exception.__notes__)
+    assert [(line.levelno, line.message) for line in outcome.logs] == [(30, "about to fail")]

@@ -13,7 +13,12 @@ import threading
 import pytest
 
 import rhapsody_prefect as rhapsody
-from rhapsody_prefect.backends.base import BaseBackend, BaseExecutionBackend, ExecutionBackend
+from rhapsody_prefect.backends.base import (
+    BaseBackend,
+    BaseExecutionBackend,
+    ExecutionBackend,
+    Outcome,
+)
 from rhapsody_prefect.core.constants import BackendType, Defaults, TaskState
 from rhapsody_prefect.core.tasks import validate_task
 from rhapsody_prefect.exceptions import (
@@ -111,10 +116,10 @@ class _EchoBackend(ExecutionBackend):
 
     backend_type = "echo"
 
-    async def _launch(self, tasks):
-        for task in tasks:
-            self._report(task["uid"], TaskState.EXECUTING)
-            self._report(task["uid"], TaskState.COMPLETED, return_value=task["args"])
+    async def _launch(self, attempts):
+        for attempt in attempts:
+            self._report(attempt, TaskState.EXECUTING)
+            self._report(attempt, Outcome.completed(attempt.task["args"]))
 
 
 async def test_register_backend_class_and_import_path():
