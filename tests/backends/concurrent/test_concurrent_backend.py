@@ -15,7 +15,7 @@ import pytest
 import rhapsody_prefect as rhapsody
 from rhapsody_prefect import ConfigurationError, TaskError, TaskState
 from rhapsody_prefect.backends.concurrent import WorkerDied
-from tests.helpers import pid_alive, record_states
+from tests.helpers import pid_alive, record_states, wait_for_state
 
 
 def _children() -> set[int]:
@@ -243,3 +243,41 @@ async def test_cancel_running_thread_function_reports_canceled_at_once():
         assert "return_value" not in tasks[0] or tasks[0]["return_value"] is None
         assert states["queued"][-1] == TaskState.CANCELED
         assert TaskState.EXECUTING not in states["queued"]
+
+
+def _sleep_and_stamp(path: str, seconds: float) -> str:
+    time.sleep(seconds)
+    pathlib.Path(path).write_text(repr(time.monotonic()))
+    return "late"
+
+
+def _stamp_start(path: str) -> str:
+    pathlib.Path(path).write_text(repr(time.monotonic()))
+    return "ran"
+
+
+async def test_a_timed_out_thread_function_keeps_its_slot_until_it_returns(tmp_path):
+    """Thread mode cannot stop a function: its task fails at the timeout, says so, and the
+    function's slot stays taken until it returns, so the next task waits for it."""
+    backend = rhapsody.get_backend("concurrent", max_workers=1, executor="thread")
+    ended, started = tmp_path / "slow-ended", tmp_path / "next-started"
+    slow = {"uid": "slow", "function": _sleep_and_stamp, "args": (str(ended), 2.0),
+            "timeout": 0.3}
+    # Its timeout would run out while it waited for a pool thread, were it launched at
+    # once: it is launched only when the slot is free.
+    following = {"uid": "next", "function": _stamp_start, "args": (str(started),),
+                 "timeout": 1.0}
+    try:
+        await backend.submit_tasks([slow])
+        await wait_for_state(backend, "slow", TaskState.FAILED)
+        assert slow["still_running"] == [1]  # the record says the body still runs
+        assert "could not be stopped" in str(slow["exception"])
+        await backend.submit_tasks([following])
+        await wait_for_state(backend, "next", TaskState.COMPLETED)
+        # The next task started only once the abandoned function had returned:
+        assert float(started.read_text()) >= float(ended.read_text())
+        assert slow["still_running"] == []
+        assert slow["state"] == TaskState.FAILED and slow["return_value"] is None
+        assert backend.superseded_reports == 1  # its late result was dropped
+    finally:
+        await backend.terminate()
