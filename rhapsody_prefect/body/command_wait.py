@@ -38,6 +38,7 @@ from typing import Any
 from ..core.guard import Guard
 from ..core.outcome import Outcome
 from .commands import (
+    READ_SIZE,
     RunningCommand,
     finish_command,
     kill_process_group,
@@ -46,8 +47,6 @@ from .commands import (
 
 #: Spawner threads when commands are waited for on the loop (fork/exec takes milliseconds).
 SPAWNER_THREADS = 4
-#: Bytes read from a command's pipe at a time (a Linux pipe's default capacity).
-READ_SIZE = 65536
 #: Seconds between exit checks of a command that closed its pipes but has no pidfd.
 POLL_SECONDS = 0.05
 
@@ -180,7 +179,7 @@ class _OutputAndExit:
         assert process.stdout is not None
         assert process.stderr is not None
         self._pipes = {pipe.fileno(): pipe for pipe in (process.stdout, process.stderr)}
-        self._chunks: dict[int, list[bytes]] = {fd: [] for fd in self._pipes}
+        self._sinks = {fd: running.sink_of(fd) for fd in self._pipes}
         self._open_pipes = len(self._pipes)
         self._pidfd: int | None = None
         for fd in self._pipes:
@@ -194,7 +193,7 @@ class _OutputAndExit:
         except OSError:
             data = b""
         if data:
-            self._chunks[fd].append(data)
+            self._sinks[fd].write(data)
             return
         self._loop.remove_reader(fd)
         self._pipes[fd].close()
@@ -215,15 +214,12 @@ class _OutputAndExit:
             self._loop.add_reader(pidfd, self._reap_when_exited)
 
     def _finish(self) -> None:
-        stdout_fd, stderr_fd = self._pipes
         try:
             if self._pidfd is not None:
                 self._loop.remove_reader(self._pidfd)
                 os.close(self._pidfd)
             self._running.release()
-            result = self._running.result(
-                b"".join(self._chunks[stdout_fd]), b"".join(self._chunks[stderr_fd])
-            )
+            result = self._running.result()
         except Exception as error:
             self._fail(error)
             return

@@ -12,7 +12,8 @@ kills the command and everything it started.
 `mpirun`); `pre_exec` commands run in a shell first; `shell=True` runs
 `executable` through `/bin/sh -c`. `start_command` + `finish_command` are the
 two halves of `run_command`; `body/command_wait.py` awaits a started command on
-an event loop instead.
+an event loop instead. Output goes through `body/output.py`'s policy (whole up to
+the task's `output_limit`, beyond it head, tail and a file).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import selectors
 import shlex
 import signal
 import subprocess
@@ -30,6 +32,11 @@ from typing import Any
 from ..core.guard import Guard
 from ..core.launchers import require_mpi_launcher
 from ..core.outcome import Outcome
+from .output import OutputSink, policy_of
+from .staging import Staging, prepare
+
+#: Bytes read from a command's pipe at a time (a Linux pipe's default capacity).
+READ_SIZE = 65536
 
 
 def command_argv(task: Mapping[str, Any]) -> list[str]:
@@ -60,10 +67,6 @@ def kill_process_group(pid: int) -> None:
     """SIGKILL the process group led by `pid` (the command and all it started)."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGKILL)
-
-
-def _decode(data: bytes | None) -> str:
-    return (data or b"").decode(errors="replace")
 
 
 def run_command(
@@ -98,9 +101,13 @@ NOT_EXECUTABLE_EXIT_CODE = 126
 
 @dataclasses.dataclass
 class RunningCommand:
-    """A started command: its process (leading its own session) and its guard entry."""
+    """A started command: its process (leading its own session), its guard entry and
+    where its output goes."""
 
     process: subprocess.Popen[bytes]
+    stdout: OutputSink
+    stderr: OutputSink
+    staging: Staging
     guard: Guard | None = None
     guard_key: int | None = None
 
@@ -123,9 +130,23 @@ class RunningCommand:
             self.guard.forget(self.guard_key)
             self.guard = None
 
-    def result(self, stdout: bytes | None, stderr: bytes | None) -> Outcome:
-        """The outcome, once the process has exited (reaps it: does not block then)."""
-        return Outcome.command(self.process.wait(), _decode(stdout), _decode(stderr))
+    def sink_of(self, fd: int) -> OutputSink:
+        assert self.process.stdout is not None
+        return self.stdout if fd == self.process.stdout.fileno() else self.stderr
+
+    def result(self) -> Outcome:
+        """The outcome, once the pipes are drained and the process has exited (reaps it:
+        does not block then)."""
+        stdout, stdout_file = self.stdout.finish()
+        stderr, stderr_file = self.stderr.finish()
+        return self.staging.collect(Outcome.command(
+            self.process.wait(), stdout, stderr, stdout_file, stderr_file))
+
+    def discard(self) -> None:
+        """The command was stopped: no outputs, no spill files, no working directory."""
+        self.stdout.discard()
+        self.stderr.discard()
+        self.staging.cleanup()
 
 
 def start_command(
@@ -137,14 +158,21 @@ def start_command(
     process group if this process dies); or, when it cannot start, the result a
     shell would give (exit code 127 or 126).
     """
-    process = _popen(task)
+    staging = prepare(task)
+    if isinstance(staging, Outcome):  # a missing input, an existing target: nothing runs
+        return staging
+    process = _popen(task, staging.workdir)
     if isinstance(process, Outcome):
+        staging.cleanup()
         return process
     key = guard.kill_group(process.pid) if guard is not None else None
-    return RunningCommand(process, guard, key)
+    limit, keep_dir = policy_of(task)
+    name = str(task.get("uid") or f"command.{process.pid}")
+    return RunningCommand(process, OutputSink(limit, keep_dir, f"{name}.stdout"),
+                          OutputSink(limit, keep_dir, f"{name}.stderr"), staging, guard, key)
 
 
-def _popen(task: Mapping[str, Any]) -> subprocess.Popen[bytes] | Outcome:
+def _popen(task: Mapping[str, Any], cwd: str | None) -> subprocess.Popen[bytes] | Outcome:
     """The started command; or, when it cannot start, the result a shell would give."""
     argv = command_argv(task)
     try:
@@ -154,11 +182,10 @@ def _popen(task: Mapping[str, Any]) -> subprocess.Popen[bytes] | Outcome:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             env=command_env(task),
-            cwd=task.get("cwd"),
+            cwd=cwd,
             start_new_session=True,
         )
     except FileNotFoundError as error:
-        cwd = task.get("cwd")
         if cwd and error.filename == cwd:
             reason = f"working directory {cwd!r} not found"
         else:
@@ -179,42 +206,54 @@ def finish_command(
     Raises as `run_command` does (TimeoutExpired, CommandStopped).
     """
     process = running.process
+    deadline = None if timeout is None else time.monotonic() + timeout
+
+    def wait_for() -> float | None:
+        """Seconds to block before checking `stop` and the deadline again."""
+        wait = poll_interval if stop is not None else None
+        if deadline is not None:
+            left = max(deadline - time.monotonic(), 0.0)
+            wait = left if wait is None else min(wait, left)
+        return wait
+
+    def check() -> None:
+        if deadline is not None and time.monotonic() >= deadline:
+            raise subprocess.TimeoutExpired(process.args, timeout or 0.0)
+        if stop is not None and stop():
+            raise CommandStopped(f"Command {process.args!r} was stopped")
+
     try:
-        if stop is None:
-            stdout, stderr = process.communicate(timeout=timeout)
-        else:
-            stdout, stderr = _communicate_until_stopped(process, timeout, stop, poll_interval)
+        with selectors.DefaultSelector() as selector:
+            for pipe in (process.stdout, process.stderr):
+                assert pipe is not None
+                selector.register(pipe, selectors.EVENT_READ)
+            while selector.get_map():
+                for key, _ in selector.select(wait_for()):
+                    data = os.read(key.fd, READ_SIZE)
+                    if data:
+                        running.sink_of(key.fd).write(data)
+                    else:
+                        selector.unregister(key.fileobj)
+                        key.fileobj.close()  # type: ignore[union-attr]
+                check()
+        while True:  # pipes closed; a command may run on
+            try:
+                process.wait(timeout=wait_for())
+                break
+            except subprocess.TimeoutExpired:
+                check()
     except BaseException:
         kill_process_group(process.pid)
-        process.communicate()
+        process.wait()
+        running.discard()
         raise
     finally:
         running.release()
-    return running.result(stdout, stderr)
+    return running.result()
 
 
 class CommandStopped(Exception):
     """`run_command(..., stop=...)` killed the command because `stop()` returned True."""
-
-
-def _communicate_until_stopped(
-    process: subprocess.Popen[bytes],
-    timeout: float | None,
-    stop: Callable[[], bool],
-    poll_interval: float,
-) -> tuple[bytes, bytes]:
-    deadline = None if timeout is None else time.monotonic() + timeout
-    while True:
-        wait = poll_interval if deadline is None else min(
-            poll_interval, max(deadline - time.monotonic(), 0.0)
-        )
-        try:
-            return process.communicate(timeout=wait)  # retrying loses no output
-        except subprocess.TimeoutExpired:
-            if deadline is not None and time.monotonic() >= deadline:
-                raise subprocess.TimeoutExpired(process.args, timeout) from None
-            if stop():
-                raise CommandStopped(f"Command {process.args!r} was stopped") from None
 
 
 __all__ = [

@@ -31,7 +31,9 @@ from .calls import portable_exception, run_call
 from .commands import CommandStopped, run_command
 
 #: Command keys shipped to the worker for an executable task.
-COMMAND_KEYS = ("executable", "arguments", "shell", "ranks", "pre_exec", "environment", "cwd")
+COMMAND_KEYS = ("uid", "executable", "arguments", "shell", "ranks", "pre_exec", "environment",
+                "cwd", "output_limit", "output_dir", "input_files", "output_files",
+                "allow_missing_outputs", "output_exists")
 
 _guard: Guard | None = None
 _guard_lock = threading.Lock()

@@ -44,6 +44,8 @@ class Defaults:
     RETRY_ATTEMPTS = 0
     RETRY_DELAY = 1.0
     TIMEOUT = None
+    #: Bytes of a command's stdout (and of its stderr) kept whole in its result.
+    OUTPUT_LIMIT = 1 << 20
 
 
 __all__ = ["TERMINAL_STATES", "BackendType", "Defaults", "TaskState"]

@@ -13,8 +13,10 @@ data, and is reported once, with the attempt it ends:
     backend._report(attempt, Outcome.completed(42))    # ExecutionBackend, any thread
 
 The engine writes `results()` into the task dict: `return_value`, `exception`,
-`exit_code`, `stdout`, `stderr`, and `logs` (the run-logger records and prints a
-function body captured, `LogLine`s, for the submitting side to replay).
+`exit_code`, `stdout`, `stderr`, `stdout_file` / `stderr_file` (a stream longer than
+the task's `output_limit`, kept whole in a file: `body/output.py`), and `logs` (the
+run-logger records and prints a function body captured, `LogLine`s, for the
+submitting side to replay).
 """
 
 from __future__ import annotations
@@ -59,6 +61,11 @@ class Outcome:
     return_value: Any = None
     exception: BaseException | None = None
     logs: tuple[LogLine, ...] = ()
+    #: Where a stream longer than the task's `output_limit` is kept whole (else None).
+    stdout_file: str | None = None
+    stderr_file: str | None = None
+    #: Where the command's `output_files` were copied (`body/staging.py`).
+    staged_outputs: tuple[str, ...] = ()
 
     @classmethod
     def completed(cls, value: Any, logs: tuple[LogLine, ...] = ()) -> Outcome:
@@ -71,10 +78,14 @@ class Outcome:
         return cls(TaskState.FAILED, exception=error, logs=logs)
 
     @classmethod
-    def command(cls, exit_code: int, stdout: str, stderr: str) -> Outcome:
+    def command(
+        cls, exit_code: int, stdout: str, stderr: str,
+        stdout_file: str | None = None, stderr_file: str | None = None,
+    ) -> Outcome:
         """A command that exited: COMPLETED with exit code 0, else FAILED."""
         state = TaskState.COMPLETED if exit_code == 0 else TaskState.FAILED
-        return cls(state, exit_code=exit_code, stdout=stdout, stderr=stderr)
+        return cls(state, exit_code=exit_code, stdout=stdout, stderr=stderr,
+                   stdout_file=stdout_file, stderr_file=stderr_file)
 
     @classmethod
     def canceled(cls) -> Outcome:
