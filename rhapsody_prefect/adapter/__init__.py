@@ -5,10 +5,12 @@
 
 Modules: `runner` (RhapsodyRunner: the TaskRunner and its lifecycle), `loop_thread`
 (the event loop every task run of a flow run shares), `pacing` (a few task runs
-start per loop iteration), `dispatch` (one task body
-as a backend task, awaited), `timeline` (per-task transition lines and replayed
-body logs), `states` (RHAPSODY TaskState -> Prefect state, and the Prefect result
-of a finished backend task), `executable` (executable_task, task_resources).
+start per loop iteration), `dispatch` (one task body as a backend task, awaited;
+the one owner of cancelling them), `body_spec` (the one builder of a body's
+backend task, for plain runs and ensembles), `timeline` (per-task transition
+lines and replayed body logs), `states` (RHAPSODY TaskState -> Prefect state, and
+the Prefect result of a finished backend task), `executable` (executable_task,
+task_resources).
 
 Imports: Prefect, `rhapsody_prefect.core`, `.backends` (the registry) and `.body`.
 Nothing outside this folder imports it, except the package's lazy exports.

@@ -1,33 +1,38 @@
 """One Prefect task body as a backend task: built, submitted, watched, turned into a result.
 
-    dispatcher = BodyDispatcher(backend, TransitionLines("dask", logging.INFO), 1.0)
+    dispatcher = BodyDispatcher(TransitionLines("dask", logging.INFO), 1.0)
+    dispatcher.attach(backend)            # once the backend is created (on first submit)
     proxy = dispatcher.proxy(task)        # a copy of the Prefect task whose fn sends the body
     state = await run_task_async(task=proxy, ...)      # Prefect's engine, unchanged
     await dispatcher.cancel_all()         # cancel every body still on the backend
     await dispatcher.close()              # the flow's progress artifacts, finished
 
 The engine calls the proxy inside the task run's context; the proxy builds the
-backend task (a command, or the function with its log `capture` context), submits
-it, waits for its notable states and returns `states.prefect_result(...)`.
+backend task (`body_spec.BodySpec`: a command, or the function with its log
+`capture` context), submits it, waits for its notable states and returns
+`states.prefect_result(...)`.
 
 Two hooks for work that is not one body per task run (`adapter/ensemble.py`): a
 task whose fn is marked `runs_in_flow` is not proxied (its body runs in the flow
-process, on the runner's loop), and a `Group` registered in `groups` under a
-name gets the state changes of the backend tasks of that `name` and is cancelled
-by `cancel_all`. The dispatcher also tallies the plain task runs' bodies as a
-whole: a progress artifact when that work lasts longer than a progress interval,
-and a summary table when the flow run ends (`artifacts=False`: none).
+process, on the runner's loop), and a `Group` that `join`s under a key gets the
+state changes of the backend tasks whose `group` is that key, and is cancelled by
+`cancel_all`. The dispatcher is the one owner of cancellation: once `cancel_all`
+ran, `cancelled` is true and no body is sent any more (an ensemble asks it before
+each chunk). It also tallies the plain task runs' bodies as a whole: a progress
+artifact when that work lasts longer than a progress interval, and a summary table
+when the flow run ends (`artifacts=False`: none).
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import copy
 import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 from prefect.context import TaskRunContext
@@ -37,13 +42,12 @@ from prefect.states import Cancelled
 from prefect.tasks import Task
 from prefect.utilities.collections import visit_collection
 
-from ..body.capture import BodyContext
 from ..core.constants import TaskState
 from ..core.contract import BaseExecutionBackend
 from ..core.exceptions import ConfigurationError
 from ..core.tasks import TaskDict
 from . import progress
-from .executable import command_builder_of, command_spec, resources_of
+from .body_spec import BodySpec
 from .progress import Reporter, Tally
 from .states import prefect_result
 from .timeline import TransitionLines, Watch, replay
@@ -61,7 +65,7 @@ def runs_in_flow(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 class Group(Protocol):
-    """Backend tasks sent together under one `name` (an ensemble's members)."""
+    """Backend tasks sent together under one `group` key (an ensemble's members)."""
 
     def on_state(self, task: TaskDict, state: TaskState) -> None: ...
 
@@ -72,22 +76,50 @@ class BodyDispatcher:
     """Sends the bodies of one flow run's task runs to one backend."""
 
     def __init__(
-        self,
-        backend: BaseExecutionBackend,
-        lines: TransitionLines,
-        executing_log_after: float,
-        artifacts: bool = True,
+        self, lines: TransitionLines, executing_log_after: float, artifacts: bool = True
     ) -> None:
-        self.backend = backend
         self.lines = lines
         self.executing_log_after = executing_log_after
         self.artifacts = artifacts
         self.watches: dict[str, Watch] = {}
-        self.groups: dict[str, Group] = {}
-        self.cancelling = False
         self.work = Tally()  # every plain task run's body, as a whole
+        self._backend: BaseExecutionBackend | None = None
+        self._groups: dict[str, Group] = {}
+        self._cancelled = False
         self._reporter: Reporter | None = None
+
+    def attach(self, backend: BaseExecutionBackend) -> None:
+        """Send the bodies to `backend` (created on first submit, so after a cancel maybe)."""
+        assert self._backend is None, "a dispatcher sends to one backend"
         backend.register_callback(self._on_state)
+        self._backend = backend
+
+    @property
+    def attached(self) -> bool:
+        return self._backend is not None
+
+    @property
+    def backend(self) -> BaseExecutionBackend:
+        if self._backend is None:
+            raise RuntimeError("No backend attached to this dispatcher yet")
+        return self._backend
+
+    @property
+    def cancelled(self) -> bool:
+        """`cancel_all` ran: no body is sent any more."""
+        return self._cancelled
+
+    @contextlib.contextmanager
+    def join(self, key: str, group: Group) -> Iterator[None]:
+        """While inside: `group` gets the states of the backend tasks whose `group` is
+        `key` (after `attach`), and `cancel_all` cancels it."""
+        if key in self._groups:
+            raise ValueError(f"Group key {key!r} is already in use")
+        self._groups[key] = group
+        try:
+            yield
+        finally:
+            del self._groups[key]
 
     def _on_state(self, task: TaskDict, state: str) -> None:
         # Called for every state of every backend task: the shared engine passes a
@@ -99,7 +131,7 @@ class BodyDispatcher:
             watch.push(state)
             self.work.on_state(task, state)
             return
-        group = self.groups.get(task.get("name"))  # type: ignore[arg-type]
+        group = self._groups.get(task.get("group"))  # type: ignore[arg-type]
         if group is not None:
             group.on_state(task, state)
 
@@ -129,32 +161,20 @@ class BodyDispatcher:
     def backend_task(
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> TaskDict:
-        """The backend task for a body, inside its task run's context (not validated yet)."""
+        """The backend task for a body, inside its task run's context (not validated yet).
+
+        Prefect retries a plain task run itself (a new attempt, a new backend task): the
+        backend task keeps the engine's default of no retries.
+        """
         run_context = TaskRunContext.get()
         assert run_context is not None and run_context.task_run is not None
-        task_run = run_context.task_run
-        builder = command_builder_of(fn)
-        if builder is not None:
-            spec = command_spec(builder(*args, **kwargs), resources_of(fn))
-        else:
-            context = BodyContext(
-                task_run=task_run.model_dump(
-                    mode="json", include={"id", "name", "flow_run_id", "task_key"}
-                ),
-                task_name=run_context.task.name,
-                log_prints=bool(run_context.log_prints),
-                log_level=get_run_logger().logger.getEffectiveLevel(),
-            )
-            spec = {**resources_of(fn), "function": fn, "args": args, "kwargs": kwargs,
-                    "capture": context}
-        spec["uid"] = f"{task_run.name}.{task_run.id.hex[-8:]}.{task_run.run_count}"
-        spec["name"] = task_run.name
-        return spec
+        bodies = BodySpec.here(run_context.task, fn)
+        return bodies.build(run_context.task_run.run_count, args, kwargs)
 
     async def run_body(
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
-        if self.cancelling:
+        if self._cancelled:
             return Cancelled(message="The task runner was cancelled before this task ran")
         run_logger = get_run_logger()
         spec = self.backend_task(fn, args, kwargs)
@@ -200,9 +220,12 @@ class BodyDispatcher:
         self._reporter.start(create_now=False)  # only once the work outlasts an interval
 
     async def cancel_all(self) -> None:
-        self.cancelling = True
-        groups = list(self.groups.values())
-        await asyncio.gather(cancel_many(self.backend, list(self.watches)),
+        """Cancel every body still on the backend and every group; send nothing after."""
+        self._cancelled = True
+        if self._backend is None:
+            return  # nothing was sent
+        groups = list(self._groups.values())
+        await asyncio.gather(cancel_many(self._backend, list(self.watches)),
                              *(group.cancel() for group in groups))
 
     async def close(self) -> None:

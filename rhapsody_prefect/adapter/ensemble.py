@@ -22,19 +22,23 @@ UI entries; 5-8 ms of flow CPU each). `ensemble_map` makes ONE task run for the
 whole ensemble and sends one backend task per member straight to the flow's
 backend: members get `task.map`'s body semantics (Python bodies return their
 value, `executable_task` commands an `ExecutableResult`, `task_resources`
-apply, `unmapped` works), a failed member is retried by the backend (the task's
-`retries` and `retry_delay_seconds`; a list of delays: its first), and the task
-run's result is the members' results in input order. Members still failing
-fail the task run with `EnsembleFailed` (counted, the first few listed), or,
-with `allow_failures=True`, hold their exception in the list.
+apply, `unmapped` works), a failed member is retried by the backend with the
+delays Prefect would wait between a task run's retries (`MemberRetries`: the
+task's `retries`, `retry_delay_seconds` (a list: one per retry, its last
+repeated), `retry_jitter_factor`), and the task run's result is the members'
+results in input order. Members still failing fail the task run with
+`EnsembleFailed` (counted, the first few listed), or, with `allow_failures=True`,
+hold their exception in the list. A task with a `retry_condition_fn` is refused
+(the backend retries a member without asking Prefect): use `task.map`.
 
 The ensemble's task run body runs in the flow process on the runner's loop
-(`dispatch.runs_in_flow`); its members are registered as one `dispatch.Group`,
-so their state changes feed one `progress.Tally` (no object per member) and
-the runner's `cancel_all` cancels them. Options (keywords that are not the
-task's parameters): `artifacts` (default: the runner's), `progress_interval`
-(seconds, default 3), `wait_for`. Other keywords are mapped parameters, as in
-`task.map`.
+(`dispatch.runs_in_flow`); its members are built like any body
+(`body_spec.BodySpec`) and `join` the dispatcher as one `dispatch.Group` under
+their `group` key, so their state changes feed one `progress.Tally` (no object
+per member) and the runner's `cancel_all` cancels them. Options (keywords that
+are not the task's parameters): `artifacts` (default: the runner's),
+`progress_interval` (seconds, default 3), `wait_for`. Other keywords are mapped
+parameters, as in `task.map`.
 """
 
 from __future__ import annotations
@@ -51,14 +55,14 @@ from prefect.logging import get_run_logger
 from prefect.states import Cancelled, State
 from prefect.tasks import Task
 from prefect.utilities.annotations import unmapped
+from prefect.utilities.math import clamped_poisson_interval
 
-from ..body.capture import BodyContext
 from ..core.constants import TaskState
 from ..core.exceptions import ConfigurationError, TaskError
-from ..core.tasks import TaskDict
+from ..core.tasks import TaskDict, retry_delay
 from . import progress
+from .body_spec import BodySpec
 from .dispatch import BodyDispatcher, cancel_many, runs_in_flow
-from .executable import command_builder_of, command_spec, resources_of
 from .progress import Reporter, Tally
 from .states import prefect_result
 from .timeline import replay
@@ -88,7 +92,8 @@ def ensemble_map(
 
     Raises:
         ConfigurationError: not inside a flow running on a RhapsodyRunner, `task` is
-            not a Prefect task, or the iterables differ in length.
+            not a Prefect task or has a `retry_condition_fn`, or the iterables differ
+            in length.
     """
     from .runner import RhapsodyRunner
 
@@ -107,6 +112,7 @@ def ensemble_map(
         )
     if inspect.isgeneratorfunction(task.fn) or inspect.isasyncgenfunction(task.fn):
         raise ConfigurationError(f"Task {task.name!r} is a generator; return a list", "task")
+    retries = MemberRetries(task)
     parameters = set(inspect.signature(task.fn).parameters)
     keywords = {k: v for k, v in options.items() if k in parameters}
     settings = {k: v for k, v in options.items() if k not in parameters}
@@ -134,8 +140,8 @@ def ensemble_map(
     columns = [list(c) if m and not isinstance(c, (Sequence, PrefectFuture)) else c
                for c, m in zip(columns, mapped, strict=True)]
     member_count(columns, mapped)  # early, unless a column is a future
-    ensemble = Ensemble(runner._ensure_backend(), task, list(keywords), mapped,
-                        allow_failures, artifacts, float(interval))
+    ensemble = Ensemble(runner.dispatcher(), task, list(keywords), mapped,
+                        allow_failures, artifacts, float(interval), retries)
 
     async def run_ensemble(iterables: list[Any]) -> Any:
         return await ensemble.run(iterables)
@@ -163,6 +169,51 @@ def member_count(columns: Sequence[Any], mapped: Sequence[bool]) -> int | None:
     return lengths.pop() if lengths else 0
 
 
+class MemberRetries:
+    """Prefect's retry options of `task`, as the backend applies them to each member.
+
+    Retry k of a member waits what Prefect's engine would wait before retry k of a task
+    run: `retry_delay_seconds` (a list: its k-th, the last repeated), drawn with
+    Prefect's `clamped_poisson_interval` when `retry_jitter_factor` is set (a fresh
+    draw per member and retry). A callable delay is resolved as Prefect's `Task` does,
+    called with `retries`.
+
+    Raises:
+        ConfigurationError: `task` has a `retry_condition_fn`.
+    """
+
+    def __init__(self, task: Task[..., Any]) -> None:
+        if task.retry_condition_fn is not None:
+            raise ConfigurationError(
+                f"Task {task.name!r} has a retry_condition_fn, which ensemble_map cannot "
+                "apply: the backend retries a failed member without asking Prefect. Use "
+                "task.map (one task run per member, retried by Prefect), or a task without "
+                "retry_condition_fn (ensemble_map honours retries, retry_delay_seconds and "
+                "retry_jitter_factor)", config_key="retry_condition_fn",
+            )
+        self.retries = int(task.retries or 0)
+        delay = task.retry_delay_seconds
+        if callable(delay):  # Task() resolves it already; this one was set afterwards
+            delay = delay(self.retries)
+        delays = ([float(d) for d in delay] if isinstance(delay, (list, tuple))
+                  else float(delay or 0))
+        self.jitter = float(task.retry_jitter_factor or 0)
+        #: The keys every member shares.
+        self.keys: TaskDict = {"retries": self.retries, "retry_delay": delays}
+        if task.timeout_seconds:
+            self.keys["timeout"] = float(task.timeout_seconds)
+        self.drawn = bool(self.jitter and self.retries)
+
+    def member_keys(self) -> TaskDict:
+        """One member's own keys: its drawn delays, with jitter (else none)."""
+        if not self.drawn:
+            return {}
+        bases = [retry_delay(self.keys, retry) for retry in range(1, self.retries + 1)]
+        return {"retry_delay": [
+            clamped_poisson_interval(base, clamping_factor=self.jitter) if base > 0 else base
+            for base in bases]}
+
+
 class Ensemble:
     """One ensemble's task run body (on the runner's loop) and its members' group."""
 
@@ -175,10 +226,12 @@ class Ensemble:
         allow_failures: bool,
         artifacts: bool,
         interval: float,
+        retries: MemberRetries,
     ) -> None:
         self.dispatcher = dispatcher
         self.backend = dispatcher.backend
         self.task = task
+        self.retries = retries
         self.keywords = keywords
         self.mapped = mapped
         self.allow_failures = allow_failures
@@ -187,7 +240,6 @@ class Ensemble:
         self.tally = Tally(self._member_done)
         self.specs: list[TaskDict] = []
         self.expected: int | None = None
-        self.cancelling = False
         self._finished: asyncio.Future[None] | None = None
         self._run_logger: Any = None
 
@@ -205,8 +257,7 @@ class Ensemble:
             self._finished.set_result(None)
 
     async def cancel(self) -> None:
-        """Stop submitting; cancel every member that has not ended."""
-        self.cancelling = True
+        """Cancel every member that has not ended (the dispatcher stops the submitting)."""
         await cancel_many(self.backend, self._outstanding())
 
     def _outstanding(self) -> list[str]:
@@ -218,85 +269,56 @@ class Ensemble:
         run_context = TaskRunContext.get()
         assert run_context is not None and run_context.task_run is not None
         task_run = run_context.task_run
-        key = f"{task_run.name}.{task_run.id.hex[-8:]}"
         count = member_count(columns, self.mapped)
         assert count is not None  # futures were resolved by the engine
         self._run_logger = get_run_logger()
         self._finished = asyncio.get_running_loop().create_future()
+        bodies = BodySpec.here(self.task, self.task.fn, self.retries.keys)
         reporter = None
         if self.artifacts:
             reporter = Reporter(self.tally, self.backend, f"ensemble {task_run.name}",
                                 task_run.flow_run_id, task_run.id, self.interval)
             reporter.start()  # the artifact is created while the members are submitted
-        self.dispatcher.groups[key] = self
         try:
-            try:
-                await self._submit(key, columns, count, run_context)
-            except Exception:  # a member the backend refused: none of them runs
-                await self.cancel()
-                raise
-            self.expected = len(self.specs)
-            self._member_done()
-            await self._finished
+            with self.dispatcher.join(bodies.group, self):
+                try:
+                    await self._submit(bodies, columns, count)
+                except Exception:  # a member the backend refused: none of them runs
+                    await self.cancel()
+                    raise
+                self.expected = len(self.specs)
+                self._member_done()
+                await self._finished
         except asyncio.CancelledError:  # Prefect's timeout or the flow torn down
-            self.cancelling = True
             asyncio.get_running_loop().create_task(cancel_many(self.backend, self._outstanding()))
             raise
         finally:
-            self.dispatcher.groups.pop(key, None)
             if reporter is not None:
                 await asyncio.shield(reporter.finish())
-        return await self._results(count)
+        return await self._results(count, bodies.group)
 
-    async def _submit(self, key: str, columns: list[Any], count: int, run_context: Any) -> None:
-        fn = self.task.fn
-        builder = command_builder_of(fn)
-        base: TaskDict = {**resources_of(fn), "name": key, **self._retry_keys()}
-        context = None
-        if builder is None:
-            context = BodyContext(
-                task_run=run_context.task_run.model_dump(
-                    mode="json", include={"id", "name", "flow_run_id", "task_key"}),
-                task_name=self.task.name,
-                log_prints=bool(self.task.log_prints),
-                log_level=self._run_logger.logger.getEffectiveLevel(),
-            )
+    async def _submit(self, bodies: BodySpec, columns: list[Any], count: int) -> None:
         positional = len(columns) - len(self.keywords)
         getters = [(c.__getitem__ if m else _constant(c))
                    for c, m in zip(columns, self.mapped, strict=True)]
         names = self.keywords
         for start in range(0, count, CHUNK):
-            if self.cancelling or self.dispatcher.cancelling:
+            if self.dispatcher.cancelled:
                 break
             chunk = []
             for index in range(start, min(count, start + CHUNK)):
                 values = [get(index) for get in getters]
                 args, kwargs = values[:positional], dict(zip(names, values[positional:],
                                                              strict=True))
-                if builder is not None:
-                    spec = command_spec(builder(*args, **kwargs), base)
-                else:
-                    spec = dict(base, function=fn, args=args, kwargs=kwargs, capture=context)
-                spec["uid"] = f"{key}.{index}"
-                spec["name"] = key
-                chunk.append(spec)
+                chunk.append(bodies.build(index, args, kwargs, **self.retries.member_keys()))
             await self.backend.submit_tasks(chunk)
             self.specs.extend(chunk)
+            if self.dispatcher.cancelled:  # cancel_all ran while this chunk was handed over
+                await cancel_many(self.backend, [spec["uid"] for spec in chunk])
+                break
             await asyncio.sleep(0)
 
-    def _retry_keys(self) -> dict[str, Any]:
-        delay = self.task.retry_delay_seconds
-        if isinstance(delay, (list, tuple)):
-            delay = delay[0] if delay else 0
-        if callable(delay) or delay is None:
-            delay = 0
-        keys: dict[str, Any] = {"retries": int(self.task.retries or 0),
-                                "retry_delay": float(delay)}
-        if self.task.timeout_seconds:
-            keys["timeout"] = float(self.task.timeout_seconds)
-        return keys
-
-    async def _results(self, count: int) -> Any:
+    async def _results(self, count: int, key: str) -> Any:
         results: list[Any] = []
         failures: list[tuple[int, str, BaseException]] = []
         cancelled = 0
@@ -320,7 +342,7 @@ class Ensemble:
             return Cancelled(message=f"{cancelled + count - len(self.specs)} of {count} "
                                      "members were cancelled")
         if failures and not self.allow_failures:
-            raise failure(failures, count, self.task, self.specs[0]["name"])
+            raise failure(failures, count, self.task, key)
         return results
 
 

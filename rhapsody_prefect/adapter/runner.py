@@ -18,6 +18,11 @@ persistence, events) runs in the flow process, all task runs as coroutines on
 one event-loop thread; only each task *body* is sent to the backend. The
 backend is created and started on the first submit and terminated when the
 flow run ends.
+
+Cancellation has one owner, the flow run's `dispatch.BodyDispatcher` (created on
+`__enter__`, before any backend): `cancel_all` asks it to cancel. Prefect calls
+`cancel_all` on the flow's own runner, not on the `duplicate()` that runs the
+flow run, so that one passes it on to its running duplicates.
 """
 
 from __future__ import annotations
@@ -72,7 +77,7 @@ class RhapsodyRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
 
     #: Attributes that live only while the runner runs (never pickled or duplicated).
     _RUNTIME = ("_stack", "_loop_thread", "_dispatcher", "_client_context", "_backend_lock",
-                "_inflight", "_cancelling", "_children", "_pacer")
+                "_inflight", "_children", "_pacer")
 
     def __init__(
         self,
@@ -140,7 +145,6 @@ class RhapsodyRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         self._client_context: AsyncClientContext | None = None
         self._backend_lock = threading.Lock()
         self._inflight: set[concurrent.futures.Future[Any]] = set()
-        self._cancelling = False
         self._children: weakref.WeakSet[RhapsodyRunner] = weakref.WeakSet()
         self._pacer = StartPacer()
 
@@ -174,12 +178,17 @@ class RhapsodyRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
 
     def __enter__(self) -> RhapsodyRunner:
         super().__enter__()
-        self._cancelling = False
         self._stack = contextlib.ExitStack()
         loop_thread = LoopThread(name=f"rhapsody-{self.backend_name}-runner")
         self._pacer = StartPacer()  # a fresh one per loop: no turn left over from the last
         self._stack.callback(loop_thread.stop)
         self._loop_thread = loop_thread
+        # Before the backend: a cancel_all that comes first still stops every submit.
+        self._dispatcher = BodyDispatcher(
+            TransitionLines(self.backend_name, self.transition_log_level),
+            self.executing_log_after,
+            self.artifacts,
+        )
         return self
 
     def __exit__(self, exc_type: Any, exc_value: Any, traceback: Any) -> None:
@@ -212,7 +221,7 @@ class RhapsodyRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
                 "backend and cannot stream their results. Return a list instead.",
                 config_key="task",
             )
-        dispatcher = self._ensure_backend()
+        dispatcher = self.dispatcher()
         task_run_id = uuid7()
         engine_run = self._run_task(
             dispatcher, task, task_run_id, parameters, list(wait_for or []), dependencies
@@ -229,26 +238,23 @@ class RhapsodyRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         """Cancel every task of this runner (and of its running duplicates)."""
         for child in list(self._children):
             child.cancel_all()
-        self._cancelling = True
         loop_thread, dispatcher = self._loop_thread, self._dispatcher
         if loop_thread is None or dispatcher is None or loop_thread.loop.is_closed():
             return
         loop_thread.call(dispatcher.cancel_all())
 
-    # ---------------------------------------------------------------- internals
-    def _ensure_backend(self) -> BodyDispatcher:
-        """Create and start the backend on first use; a start failure fails submit."""
+    def dispatcher(self) -> BodyDispatcher:
+        """The flow run's dispatcher, its backend created and started on first use.
+
+        For `submit` and for work that sends its own backend tasks (`ensemble_map`);
+        a backend that cannot start fails the call.
+        """
         with self._backend_lock:
-            if self._dispatcher is None:
-                assert self._loop_thread is not None and self._stack is not None
+            if self._dispatcher is None or self._loop_thread is None or self._stack is None:
+                raise RuntimeError("Task runner is not started")
+            dispatcher = self._dispatcher
+            if not dispatcher.attached:
                 backend = get_backend(self.backend_name, *self.backend_args, **self.backend_kwargs)
-                dispatcher = BodyDispatcher(
-                    backend,
-                    TransitionLines(self.backend_name, self.transition_log_level),
-                    self.executing_log_after,
-                    self.artifacts,
-                )
-                dispatcher.cancelling = self._cancelling
                 loop_thread = self._loop_thread
                 self._client_context = loop_thread.call(_open_client())
                 client = self._client_context.client
@@ -259,9 +265,9 @@ class RhapsodyRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
                     listener = notice_listener(self.backend_name)
                     notices.subscribe(listener)
                     self._stack.callback(notices.unsubscribe, listener)
-                self._dispatcher = dispatcher
+                dispatcher.attach(backend)
                 loop_thread.call(backend.start())
-            return self._dispatcher
+            return dispatcher
 
     def _close_dispatcher(self) -> None:
         """The flow run's last progress artifact update and summary (never raises)."""

@@ -44,7 +44,7 @@ from .exceptions import BackendError, ConfigurationError, WaitTimeoutError
 from .guard import Guard
 from .outcome import Outcome, task_error
 from .scheduling import Batcher, Inbox, SlotPool
-from .tasks import TaskDict, task_slots, validate_task
+from .tasks import TaskDict, retry_delay, task_slots, validate_task
 
 logger = logging.getLogger("rhapsody_prefect.backends")
 
@@ -354,7 +354,7 @@ class ExecutionBackend(BaseExecutionBackend):
                 return outcome
             task.update(outcome.results())
             self._notify(task, TaskState.RETRYING)
-            await asyncio.sleep(task["retry_delay"])
+            await asyncio.sleep(retry_delay(task, number))
 
     async def _attempt(self, record: TaskRecord, attempt: Attempt) -> Outcome:
         loop = asyncio.get_running_loop()

@@ -39,6 +39,8 @@ RESULT_KEYS = ("state", "exit_code", "stdout", "stderr", "return_value", "except
 TASK_KEYS: dict[str, str] = {
     "uid": "unique task id (str); generated when absent",
     "name": "human readable name (str)",
+    "group": "the group this task belongs to (str), for routing callbacks; set by the "
+             "Prefect adapter",
     "executable": "command to run (str); excludes 'function'",
     "arguments": "command arguments (list of str)",
     "shell": "run 'executable' through /bin/sh (bool, default False)",
@@ -52,7 +54,8 @@ TASK_KEYS: dict[str, str] = {
     "cwd": "working directory (str or path)",
     "timeout": "seconds before the task is failed (number > 0 or None)",
     "retries": "backend-level retries (int >= 0)",
-    "retry_delay": "seconds between backend-level retries (number >= 0)",
+    "retry_delay": "seconds before each backend-level retry (number >= 0), or one per retry "
+                   "(list of them, the last repeated)",
     "pre_exec": "shell commands run before the executable (list of str)",
     "backend_kwargs": "backend-specific options (dict)",
     "capture": "for a function: capture its run-logger records and prints into 'logs' "
@@ -173,6 +176,26 @@ def _timeout(task: Mapping[str, Any]) -> float | None:
     return timeout
 
 
+def _retry_delay(task: Mapping[str, Any]) -> float | list[float]:
+    delays = task.get("retry_delay")
+    if not isinstance(delays, (list, tuple)):
+        delay = _number_at_least(task, "retry_delay", 0, Defaults.RETRY_DELAY)
+        assert delay is not None  # the default is a number
+        return delay
+    if not all(isinstance(d, (int, float)) and not isinstance(d, bool) and d >= 0
+               for d in delays):
+        raise _fail("retry_delay", f"expected numbers >= 0, got {delays!r}")
+    return [float(d) for d in delays]
+
+
+def retry_delay(task: Mapping[str, Any], retry: int) -> float:
+    """Seconds before retry `retry` (1, 2, ...) of a validated task (Prefect's rule)."""
+    delays = task["retry_delay"]
+    if isinstance(delays, list):
+        return delays[min(retry, len(delays)) - 1] if delays else 0.0
+    return float(delays)
+
+
 def _environment(task: Mapping[str, Any]) -> dict[str, str]:
     environment = task.get("environment") or {}
     if not isinstance(environment, dict) or not all(
@@ -205,7 +228,7 @@ _FIELD_CHECKS: dict[str, Callable[[Mapping[str, Any]], Any]] = {
     "gpus_per_rank": lambda task: _number_at_least(task, "gpus_per_rank", 0, 0),
     "timeout": _timeout,
     "retries": lambda task: _int_at_least(task, "retries", 0, Defaults.RETRY_ATTEMPTS),
-    "retry_delay": lambda task: _number_at_least(task, "retry_delay", 0, Defaults.RETRY_DELAY),
+    "retry_delay": _retry_delay,
     "pre_exec": lambda task: _str_list(task, "pre_exec"),
     "environment": _environment,
     "cwd": _cwd,
@@ -255,6 +278,7 @@ __all__ = [
     "TaskList",
     "is_function_task",
     "new_uid",
+    "retry_delay",
     "task_slots",
     "validate_resources",
     "validate_task",

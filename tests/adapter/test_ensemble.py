@@ -6,6 +6,7 @@ Prefect API is the session's ephemeral server (tests/conftest.py).
 
 from __future__ import annotations
 
+import itertools
 import os
 import pathlib
 import time
@@ -165,6 +166,43 @@ def test_failed_members_are_retried_by_the_backend(
     assert all((tmp_path / f"member-{i}").read_text() == "2" for i in range(6))
 
 
+def test_each_retry_waits_its_own_delay(
+    thread_runner: RhapsodyRunner, tmp_path: pathlib.Path
+) -> None:
+    """retry_delay_seconds=[0.1, 1.2]: retry 1 after 0.1 s, retries 2 and 3 after 1.2 s."""
+
+    @task(retries=3, retry_delay_seconds=[0.1, 1.2])
+    def flaky(i: int, directory: str) -> str:
+        with open(os.path.join(directory, f"starts-{i}"), "a") as starts:
+            starts.write(f"{time.monotonic()}\n")
+        return count_and_fail_first(os.path.join(directory, f"member-{i}"), failures=3)
+
+    @flow(task_runner=thread_runner)
+    def sweep() -> list[str]:
+        return ensemble_map(flaky, range(2), unmapped(str(tmp_path)), artifacts=False).result()
+
+    assert sweep() == ["ok after 4 calls"] * 2
+    for i in range(2):
+        starts = [float(line) for line in (tmp_path / f"starts-{i}").read_text().split()]
+        gaps = [later - earlier for earlier, later in itertools.pairwise(starts)]
+        assert len(gaps) == 3
+        assert 0.1 <= gaps[0] < 1.1 and gaps[1] >= 1.2 and gaps[2] >= 1.2, gaps
+
+
+def test_a_retry_condition_is_refused_with_what_to_use(thread_runner: RhapsodyRunner) -> None:
+    @task(retries=2, retry_condition_fn=lambda task, run, state: True)
+    def picky(i: int) -> int:
+        return i
+
+    @flow(task_runner=thread_runner)
+    def sweep() -> None:
+        ensemble_map(picky, range(3))
+
+    with pytest.raises(ConfigurationError, match=r"Use task\.map") as info:
+        sweep()
+    assert info.value.config_key == "retry_condition_fn"
+
+
 def test_failure_counts_and_lists_members(thread_runner: RhapsodyRunner) -> None:
     @task
     def picky(i: int) -> int:
@@ -281,6 +319,30 @@ def test_cancelling_the_flow_cancels_the_members(
     assert "6 of 6 members were cancelled" in (state.message or "")
     assert wait_until(lambda: not any(pid_alive(p) for p in pids), timeout=20)
     assert len(list(tmp_path.glob("pid-*"))) == 2  # the queued members never started
+
+
+def test_nothing_is_sent_after_cancel_all(
+    thread_runner: RhapsodyRunner, tmp_path: pathlib.Path
+) -> None:
+    @task
+    def touch(i: int, directory: str) -> int:
+        (pathlib.Path(directory) / f"ran-{i}").touch()
+        return i
+
+    @flow(task_runner=thread_runner)
+    def sweep() -> tuple[Any, Any]:
+        FlowRunContext.get().task_runner.cancel_all()  # before the backend is even created
+        members = ensemble_map(touch, range(5), unmapped(str(tmp_path)), artifacts=False)
+        plain = touch.submit(99, str(tmp_path))
+        members.wait(timeout=60)
+        plain.wait(timeout=60)
+        return members.state, plain.state
+
+    members, plain = sweep(return_state=True).result(raise_on_failure=False)
+    assert members.type == StateType.CANCELLED
+    assert "5 of 5 members were cancelled" in (members.message or "")
+    assert plain.type == StateType.CANCELLED
+    assert list(tmp_path.iterdir()) == []
 
 
 # ---------------------------------------------------------------- errors
