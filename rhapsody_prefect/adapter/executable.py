@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar, overload
 
 from prefect import Task, task
@@ -45,11 +45,26 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 @dataclasses.dataclass(frozen=True)
 class ExecutableResult:
-    """The outcome of a finished command."""
+    """The outcome of a finished command.
+
+    `stdout` / `stderr` hold the whole stream up to the task's `output_limit`, else its
+    head and tail; `stdout_file` / `stderr_file` then name the file with all of it.
+    `outputs`: where the task's `output_files` were copied.
+    """
 
     exit_code: int
     stdout: str
     stderr: str
+    stdout_file: str | None = None
+    stderr_file: str | None = None
+    outputs: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, finished: Mapping[str, Any]) -> ExecutableResult:
+        """From a finished task dict or an `Outcome`'s result fields."""
+        return cls(finished["exit_code"], finished.get("stdout") or "",
+                   finished.get("stderr") or "", finished.get("stdout_file"),
+                   finished.get("stderr_file"), tuple(finished.get("staged_outputs") or ()))
 
     @property
     def ok(self) -> bool:
@@ -103,7 +118,9 @@ def command_spec(described: Any, resources: dict[str, Any] | None = None) -> Tas
 
 def _run_locally(spec: TaskDict) -> ExecutableResult:
     completed = run_command(spec, timeout=spec.get("timeout"))
-    return ExecutableResult(completed.exit_code, completed.stdout, completed.stderr)
+    if completed.exception is not None:  # a missing input file, an output not written
+        raise completed.exception
+    return ExecutableResult.of(completed.results())
 
 
 def check_result(spec: TaskDict, result: ExecutableResult) -> ExecutableResult:

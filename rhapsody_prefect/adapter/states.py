@@ -61,8 +61,7 @@ async def prefect_result(task: TaskDict) -> Any:
     if state is TaskState.CANCELED:
         return prefect_state(state, f"Backend task {task['uid']} was cancelled")
     if task.get("executable") is not None and task.get("exit_code") is not None:
-        result = ExecutableResult(task["exit_code"], task.get("stdout") or "",
-                                  task.get("stderr") or "")
+        result = ExecutableResult.of(task)
         return check_result(task, result)
     if state is TaskState.COMPLETED:
         return task.get("return_value")

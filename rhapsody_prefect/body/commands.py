@@ -131,6 +131,7 @@ class RunningCommand:
             self.guard = None
 
     def sink_of(self, fd: int) -> OutputSink:
+        """The sink of one of the command's open pipes, by its file descriptor."""
         assert self.process.stdout is not None
         return self.stdout if fd == self.process.stdout.fileno() else self.stderr
 
@@ -224,14 +225,16 @@ def finish_command(
 
     try:
         with selectors.DefaultSelector() as selector:
+            sinks = {}
             for pipe in (process.stdout, process.stderr):
                 assert pipe is not None
+                sinks[pipe.fileno()] = running.sink_of(pipe.fileno())
                 selector.register(pipe, selectors.EVENT_READ)
             while selector.get_map():
                 for key, _ in selector.select(wait_for()):
                     data = os.read(key.fd, READ_SIZE)
                     if data:
-                        running.sink_of(key.fd).write(data)
+                        sinks[key.fd].write(data)
                     else:
                         selector.unregister(key.fileobj)
                         key.fileobj.close()  # type: ignore[union-attr]

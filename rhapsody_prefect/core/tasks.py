@@ -19,6 +19,7 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from .constants import Defaults
@@ -32,8 +33,9 @@ CallbackFunction = Callable[[TaskDict, str], None]
 #: `logs`: what a function body with `capture` logged and printed (core.outcome.LogLine);
 #: `still_running`: attempts that ended for the task (timeout, cancel) while their body
 #: could not be stopped and went on running (a thread-mode function), by attempt number.
+#: `stdout_file` / `stderr_file`: a stream longer than `output_limit`, kept whole there.
 RESULT_KEYS = ("state", "exit_code", "stdout", "stderr", "return_value", "exception", "logs",
-               "still_running")
+               "still_running", "stdout_file", "stderr_file", "staged_outputs")
 
 #: Keys a user may set, with a short description used in error messages.
 TASK_KEYS: dict[str, str] = {
@@ -58,6 +60,19 @@ TASK_KEYS: dict[str, str] = {
                    "(list of them, the last repeated)",
     "pre_exec": "shell commands run before the executable (list of str)",
     "backend_kwargs": "backend-specific options (dict)",
+    "output_limit": "bytes of stdout and of stderr kept whole in the result (int >= 0, or "
+                    "None for no limit; default 1 MiB); beyond it the head and tail, and the "
+                    "whole stream in a file in 'output_dir'",
+    "output_dir": "where a stream over 'output_limit' is kept (path; default "
+                  "./.rhapsody/outputs where the command runs)",
+    "input_files": "commands: files copied into the working directory first (list of paths, "
+                   "or of (source, name) pairs)",
+    "output_files": "commands: files copied back after exit 0 (list of names in the working "
+                    "directory, to <cwd of the submitter>/<name>, or of (name, target) pairs)",
+    "allow_missing_outputs": "an output file the command did not write is not an error "
+                             "(bool, default False)",
+    "output_exists": "an output target that exists: 'fail' the task before it runs "
+                     "(default) or 'overwrite' it",
     "capture": "for a function: capture its run-logger records and prints into 'logs' "
                "(a body.capture.BodyContext; set by the Prefect adapter)",
 }
@@ -160,12 +175,19 @@ def validate_task(task: TaskDict) -> TaskDict:
         if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
             raise _fail("kwargs", f"expected a dict with str keys, got {kwargs!r}")
         task["args"], task["kwargs"] = tuple(args), kwargs
-        for key in ("arguments", "shell"):
+        for key in ("arguments", "shell", "input_files", "output_files"):
             if task.get(key):
-                raise _fail(key, "only allowed with 'executable', not with 'function'")
+                raise _fail(key, "only allowed with 'executable', not with 'function' (a "
+                                 "Python function reads and writes its paths itself)")
 
     for key, check in _FIELD_CHECKS.items():
         task[key] = check(task)
+    executable = task.get("executable")
+    if has_executable and not task["shell"] and os.sep in executable and not os.path.isabs(
+            executable):
+        # `./md-sim`: the submitter's file wherever the command runs (a fresh working
+        # directory, a pilot's sandbox); with `cwd`, relative to that.
+        task["executable"] = os.path.abspath(os.path.join(task["cwd"] or "", executable))
     return task
 
 
@@ -205,13 +227,70 @@ def _environment(task: Mapping[str, Any]) -> dict[str, str]:
     return environment
 
 
-def _cwd(task: Mapping[str, Any]) -> str | None:
-    cwd = task.get("cwd")
-    if cwd is None:
+def _file_entries(task: Mapping[str, Any], key: str) -> list[tuple[str, str]]:
+    value = task.get(key) or []
+    if isinstance(value, (str, bytes, os.PathLike)) or not isinstance(value, (list, tuple)):
+        raise _fail(key, f"expected a list of paths or of pairs, got {value!r}")
+    pairs = []
+    for entry in value:
+        if isinstance(entry, (str, os.PathLike)):
+            path = os.fspath(entry)
+            pairs.append((path, os.path.basename(path.rstrip("/"))))
+        elif (isinstance(entry, (list, tuple)) and len(entry) == 2
+              and all(isinstance(part, (str, os.PathLike)) for part in entry)):
+            pairs.append((os.fspath(entry[0]), os.fspath(entry[1])))
+        else:
+            raise _fail(key, f"expected a path or a (str, str) pair, got {entry!r}")
+    return pairs
+
+
+def _input_files(task: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(absolute source on the submitting side, name in the working directory)."""
+    pairs = []
+    for source, name in _file_entries(task, "input_files"):
+        if not name or os.path.isabs(name) or ".." in Path(name).parts:
+            raise _fail("input_files", f"a name inside the working directory, got {name!r}")
+        pairs.append((os.path.abspath(source), name))
+    return pairs
+
+
+def _output_files(task: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(name in the working directory, absolute target on the submitting side)."""
+    pairs = []
+    for name, target in _file_entries(task, "output_files"):
+        if not name or os.path.isabs(name) or ".." in Path(name).parts:
+            raise _fail("output_files", f"a name inside the working directory, got {name!r}")
+        pairs.append((name, os.path.abspath(target)))
+    return pairs
+
+
+def _bool(task: Mapping[str, Any], key: str) -> bool:
+    value = task.get(key, False)
+    if not isinstance(value, bool):
+        raise _fail(key, f"expected a bool, got {value!r}")
+    return value
+
+
+def _choice(task: Mapping[str, Any], key: str, allowed: tuple[str, ...]) -> str:
+    value = task.get(key) or allowed[0]
+    if value not in allowed:
+        raise _fail(key, f"expected one of {list(allowed)}, got {value!r}")
+    return str(value)
+
+
+def _output_limit(task: Mapping[str, Any]) -> int | None:
+    if "output_limit" in task and task["output_limit"] is None:
         return None
-    if not isinstance(cwd, (str, os.PathLike)):
-        raise _fail("cwd", f"expected a str or path, got {cwd!r}")
-    return os.fspath(cwd)
+    return _int_at_least(task, "output_limit", 0, Defaults.OUTPUT_LIMIT)
+
+
+def _path_or_none(task: Mapping[str, Any], key: str) -> str | None:
+    value = task.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, (str, os.PathLike)):
+        raise _fail(key, f"expected a str or path, got {value!r}")
+    return os.fspath(value)
 
 
 def _backend_kwargs(task: Mapping[str, Any]) -> dict[str, Any]:
@@ -231,14 +310,21 @@ _FIELD_CHECKS: dict[str, Callable[[Mapping[str, Any]], Any]] = {
     "retry_delay": _retry_delay,
     "pre_exec": lambda task: _str_list(task, "pre_exec"),
     "environment": _environment,
-    "cwd": _cwd,
+    "cwd": lambda task: _path_or_none(task, "cwd"),
     "backend_kwargs": _backend_kwargs,
+    "output_limit": lambda task: _output_limit(task),
+    "output_dir": lambda task: _path_or_none(task, "output_dir"),
+    "input_files": lambda task: _input_files(task),
+    "output_files": lambda task: _output_files(task),
+    "allow_missing_outputs": lambda task: _bool(task, "allow_missing_outputs"),
+    "output_exists": lambda task: _choice(task, "output_exists", ("fail", "overwrite")),
 }
 
 #: The resource model: what a task body may request, on any backend (`task_resources`).
 RESOURCE_KEYS = (
     "ranks", "cores_per_rank", "gpus_per_rank", "environment", "cwd", "pre_exec",
-    "backend_kwargs",
+    "backend_kwargs", "input_files", "output_files", "allow_missing_outputs", "output_exists",
+    "output_limit", "output_dir",
 )
 
 
