@@ -8,16 +8,19 @@
 Modules: `backend` (`RadicalPilotBackend`, the RHAPSODY contract), `config` (pilot
 and raptor options, the split of the pilot's cores), `resource_configs` (which
 resources RP knows, and whether one is this machine), `session` (the RP session,
-pilot and task manager of one run, shared pilots), `raptor` (function tasks'
+pilot and task manager of one run), `lifecycle` (the pilot's life followed and
+told: batch job, active, lost), `batch_job` (Slurm's view of the pilot's job),
+`sharing` (pilots shared by `shared=True` backends), `raptor` (function tasks'
 master and workers), `translate` (RP states, task descriptions, results),
-`processes` (marking and reaping RP's processes), `rp_import`. What runs in a
-raptor worker is `rhapsody_prefect.body.raptor_call`.
+`processes` (marking and reaping RP's processes), `loopback` and
+`loopback_wrappers` (RP's endpoints on one network interface), `rp_import`. What
+runs in a raptor worker is `rhapsody_prefect.body.raptor_call`.
 """
 
 from .backend import RadicalPilotBackend, availability
 from .config import PilotConfig, PilotShape, pilot_config
 from .processes import reap_orphans, reap_run
-from .session import close_shared_pilots
+from .sharing import close_shared_pilots
 from .translate import RP_TO_TASK_STATE
 
 __all__ = [

@@ -34,15 +34,15 @@ backends of the same configuration in one process reuse one pilot (closed by
 `close_shared_pilots()` or at exit). See docs/radical_pilot.md.
 
 This module is the backend itself; `config` checks the pilot and raptor options and
-splits the cores, `session` runs the RP session and pilot, `raptor` the function
-tasks' master and workers, `translate` maps states, descriptions and results,
-`processes` marks and reaps RP's processes.
+splits the cores, `session` runs the RP session and pilot (`lifecycle` follows the
+pilot's life), `sharing` keeps the shared pilots, `raptor` the function tasks' master
+and workers, `translate` maps states, descriptions and results, `processes` marks and
+reaps RP's processes.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -55,11 +55,12 @@ from ...core.exceptions import ConfigurationError, refuse_unknown_options
 from ...core.notices import Notices
 from ...core.outcome import Outcome
 from ...core.tasks import TaskDict, is_function_task
-from .config import pilot_config
-from .lifecycle import PENDING_TIMEOUT, STARTUP_TIMEOUT
+from .config import PENDING_TIMEOUT, PilotConfig, PilotShape, pilot_config
+from .lifecycle import STARTUP_TIMEOUT
 from .processes import availability
 from .rp_import import rp
-from .session import PilotRun, _shared_lock, _shared_runs
+from .session import PilotRun
+from .sharing import share_key, shared_run
 from .translate import (
     BACKEND_TYPE,
     MANAGED_TASK_KEYS,
@@ -121,14 +122,11 @@ class RadicalPilotBackend(ExecutionBackend):
             "resources", "work_dir", "keep_sandbox", "raptor", "shared", "resource_config",
             "pending_timeout", "network_interface"])
         super().__init__()
-        self.config = pilot_config(resources, raptor, resource_config, pending_timeout,
-                                   network_interface)
+        #: Everything the backend was configured with, checked (`config.PilotConfig`).
+        self.config: PilotConfig = pilot_config(resources, raptor, resource_config,
+                                                pending_timeout, network_interface)
         #: The pilot's life (queued, batch job, active, lost), for the user (see lifecycle).
         self.notices = Notices("rhapsody_prefect.backends.radical_pilot")
-        self.resources = self.config.resources
-        self.raptor_config = self.config.raptor
-        self.shape = self.config.shape
-        self.local = self.shape.local
         if work_dir is not None and not isinstance(work_dir, (str, os.PathLike)):
             raise ConfigurationError(f"work_dir must be a path, got {work_dir!r}", "work_dir")
         for name, flag in (("keep_sandbox", keep_sandbox), ("shared", shared)):
@@ -142,13 +140,31 @@ class RadicalPilotBackend(ExecutionBackend):
         self._rp_uids: dict[Attempt, str] = {}  # launched attempt -> its RP task, to cancel
 
     def _new_run(self) -> PilotRun:
-        return PilotRun(self.config, self.work_dir, self.keep_sandbox,
-                        self._default_work_dir, self.shared)
+        return PilotRun(self.config, self.work_dir, self.keep_sandbox, self._default_work_dir)
 
     def _share_key(self) -> str:
-        return json.dumps([self.resources, self.raptor_config, self.config.resource_config,
-                           str(self.work_dir), self.keep_sandbox,
-                           self.config.network_interface], sort_keys=True, default=str)
+        return share_key(self.config, self.work_dir, self.keep_sandbox)
+
+    # ------------------------------------------------- the configuration, read-only
+    @property
+    def resources(self) -> dict[str, Any]:
+        """The pilot description keys, checked, with defaults filled in."""
+        return self.config.resources
+
+    @property
+    def raptor_config(self) -> dict[str, int] | None:
+        """Raptor's sizing (`workers`, `cores_per_worker`, `gpus_per_worker`); None: off."""
+        return self.config.raptor
+
+    @property
+    def shape(self) -> PilotShape:
+        """How the pilot's cores are split between executables and raptor."""
+        return self.config.shape
+
+    @property
+    def local(self) -> bool:
+        """The pilot runs on this machine (files and processes are shared)."""
+        return self.config.shape.local
 
     @property
     def run_id(self) -> str | None:
@@ -171,26 +187,12 @@ class RadicalPilotBackend(ExecutionBackend):
     # ------------------------------------------------------------------ start
     async def _start(self) -> None:
         if self.shared:
-            self._run = await asyncio.to_thread(self._shared_run)
+            self._run = await asyncio.to_thread(shared_run, self._share_key(), self._new_run)
             self._run.attach(self)
         else:
             assert self._run is not None
             self._run.attach(self)
             await asyncio.to_thread(self._run.start)
-
-    def _shared_run(self) -> PilotRun:
-        key = self._share_key()
-        with _shared_lock:
-            run = _shared_runs.get(key)
-            if run is not None and (run.pilot_error is not None or run.closed):
-                del _shared_runs[key]
-                run.close()
-                run = None
-            if run is None:
-                run = self._new_run()
-                run.start()
-                _shared_runs[key] = run
-            return run
 
     async def wait_active(self, timeout: float | None = None) -> None:
         """Start the backend and wait until its pilot runs (handy before timing).

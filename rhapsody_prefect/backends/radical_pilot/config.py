@@ -35,6 +35,8 @@ LOCAL_RESOURCE = "local.localhost"
 #: Pilot description keys the backend sets itself.
 MANAGED_PILOT_KEYS = frozenset({"uid", "exit_on_error"})
 RAPTOR_DEFAULTS: dict[str, int] = {"workers": 1, "cores_per_worker": 1, "gpus_per_worker": 0}
+#: Default of the backend option `pending_timeout`: seconds a job may wait in the queue.
+PENDING_TIMEOUT = 86400.0
 
 
 def _check_type(key: str, value: Any, expected: Any) -> None:
@@ -229,7 +231,7 @@ class PilotConfig:
     raptor: dict[str, int] | None
     shape: PilotShape
     #: Seconds the pilot's batch job may wait in the queue before the backend gives up.
-    pending_timeout: float = 86400.0
+    pending_timeout: float = PENDING_TIMEOUT
     #: The network interface RP's endpoints bind to (None: loopback on a local pilot,
     #: all interfaces on a batch pilot); see `network_interface`.
     network_interface: str | None = None
@@ -269,7 +271,7 @@ def pilot_config(
     resources: Mapping[str, Any] | None,
     raptor: bool | Mapping[str, Any] | None = True,
     inline: Mapping[str, Any] | None = None,
-    pending_timeout: float = 86400.0,
+    pending_timeout: float = PENDING_TIMEOUT,
     interface: Any = None,
 ) -> PilotConfig:
     """Check the RP release, the pilot, the resource and raptor; split the cores (see the
@@ -326,6 +328,7 @@ def pilot_description(config: PilotConfig, run_id: str, run_dir: Path) -> Any:
 
 __all__ = [
     "LOCAL_RESOURCE",
+    "PENDING_TIMEOUT",
     "PilotConfig",
     "PilotShape",
     "network_interface",

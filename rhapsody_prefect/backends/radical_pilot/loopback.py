@@ -94,15 +94,6 @@ LOOPBACK = "127.0.0.1"
 ZMQ_BIND_SHA256 = frozenset({
     "8255f6c2cd299cb4bbf907dd5ed53e653763f18d79cea2339b98b63139af8c18",
 })
-#: RP helper executables RP starts by name; each gets a wrapper.
-HELPERS = (
-    "radical-pilot-bridge",
-    "radical-pilot-component",
-    "radical-pilot-agent_0",
-    "radical-pilot-agent_n",
-    "radical-pilot-raptor-master",
-    "radical-pilot-raptor-worker",
-)
 #: Modules that import `zmq_bind` by name (so each binding must be replaced).
 _ZMQ_BIND_USERS = (
     "radical.utils.zmq.utils",
@@ -367,7 +358,6 @@ def run_wrapped(original: str, directory: str, iface: str) -> None:
 
 
 __all__ = [
-    "HELPERS",
     "LOOPBACK",
     "LoopbackUnsupported",
     "check",

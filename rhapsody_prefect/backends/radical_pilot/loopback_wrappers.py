@@ -25,7 +25,8 @@ from typing import Any
 
 from ...core.exceptions import ConfigurationError
 from . import loopback
-from .loopback import HELPERS, LoopbackUnsupported, check
+from .loopback import LoopbackUnsupported, check
+from .processes import HELPERS, REQUIRED_HELPERS, venv_bin
 
 _SAFE_PATH = re.compile(r"[A-Za-z0-9_@%+=:,./-]+")
 
@@ -81,7 +82,7 @@ class Loopback:
                     f"{directory} and the temp dir {self.directory.parent} contain characters "
                     "RP's bootstrap cannot pass through `eval echo`"
                 )
-        self.bin_dir = Path(bin_dir or Path(sys.executable).parent)
+        self.bin_dir = Path(bin_dir) if bin_dir else venv_bin()
         self.directory.mkdir(parents=True, exist_ok=True)
         module = str(Path(loopback.__file__).resolve())
         for name in HELPERS:
@@ -98,8 +99,7 @@ class Loopback:
                 directory=str(self.directory), iface=self.iface,
             ))
             wrapper.chmod(0o755)
-        for required in ("radical-pilot-bridge", "radical-pilot-component",
-                         "radical-pilot-agent_0"):
+        for required in REQUIRED_HELPERS:
             if not (self.directory / required).is_file():
                 raise LoopbackUnsupported(f"{self.bin_dir / required} not found")
         self.hook = self.directory / "bootstrap_hook.sh"

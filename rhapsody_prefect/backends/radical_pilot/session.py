@@ -1,16 +1,18 @@
 """One RADICAL-Pilot session with its pilot and task manager (and raptor, on demand).
 
-    run = PilotRun(resources, raptor, work_dir, keep_sandbox=False, default_work_dir=True,
-                   shared=False)
+    run = PilotRun(pilot_config(resources), work_dir, keep_sandbox=False,
+                   default_work_dir=True)
+    run.attach(backend)                          # its notices, its break with the pilot
     run.start()                                  # session, managers, pilot (blocking)
     rp_uid = run.register(backend, attempt, function=False)
     run.submit([description], [])                # RP calls back on its listener thread
     run.close()                                  # session closed, processes reaped, files gone
 
 A backend owns its run, or shares one with other backends of the same
-configuration (`shared=True`). RP's callbacks arrive here and are dispatched to
-the backend that submitted the task; a pilot that ends breaks every attached
-backend (`ExecutionBackend._break`).
+configuration (`shared=True`, see `sharing`). RP's callbacks arrive here and are
+dispatched to the backend that submitted the task. The run decides what the pilot's
+end means: its monitor (`lifecycle.PilotMonitor`) reports what it sees, and a pilot
+that cannot run tasks breaks every attached backend (`ExecutionBackend._break`).
 """
 
 from __future__ import annotations
@@ -25,17 +27,18 @@ import shutil
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from ...core.attempt import Attempt
 from ...core.constants import TaskState
 from ...core.exceptions import BackendError, ConfigurationError
 from ...core.guard import Guard
+from ...core.notices import Notices
 from ...core.outcome import Outcome
 from . import loopback
 from .batch_job import launcher_environment
 from .config import PilotConfig, pilot_description, run_resource_entry
-from .lifecycle import PilotWatch, pilot_lost, remove_session_sandbox
+from .lifecycle import PilotEvents, PilotMonitor, remove_session_sandbox, sandbox_path
 from .loopback_wrappers import Loopback, for_run
 from .processes import (
     availability,
@@ -44,15 +47,14 @@ from .processes import (
     reap_argv,
     reap_orphans,
     reap_run,
+    record_forks,
     run_environment,
+    stop_recording_forks,
 )
 from .raptor import Raptor
 from .resource_configs import write_run_configs
-from .rp_import import rp, ru
+from .rp_import import rp
 from .translate import BACKEND_TYPE, RP_TO_TASK_STATE, rp_task_error, task_outcome
-
-if TYPE_CHECKING:
-    from .backend import RadicalPilotBackend
 
 logger = logging.getLogger("rhapsody_prefect.backends.radical_pilot")
 
@@ -61,8 +63,16 @@ CLOSE_TIMEOUT = 60.0
 
 _run_counter = itertools.count(1)
 _live_runs: dict[str, PilotRun] = {}  # run id -> run, until closed
-_shared_runs: dict[str, PilotRun] = {}  # share key -> run
-_shared_lock = threading.Lock()
+
+
+class PilotBackend(Protocol):
+    """What a run needs of a backend that uses it (a `RadicalPilotBackend`)."""
+
+    notices: Notices
+
+    def _report(self, attempt: Attempt, report: TaskState | Outcome) -> None: ...
+
+    def _break(self, error: BackendError) -> None: ...
 
 
 class PilotRun:
@@ -74,17 +84,11 @@ class PilotRun:
         work_dir: Path,
         keep_sandbox: bool,
         default_work_dir: bool,
-        shared: bool,
     ) -> None:
         self.config = config
-        self.resources = config.resources
-        self.raptor_config = config.raptor
-        self.shape = config.shape
         self.work_dir = work_dir
         self.keep_sandbox = keep_sandbox
         self.default_work_dir = default_work_dir
-        self.shared = shared
-        self.local = self.shape.local
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
         self.run_id = f"rhapsody.rp.{stamp}.{os.getpid()}.{next(_run_counter):03d}"
         self.run_dir = work_dir / self.run_id
@@ -92,23 +96,29 @@ class PilotRun:
         self.pmgr: Any = None
         self.pilot: Any = None
         self.tmgr: Any = None
-        self.raptor = Raptor(config.raptor, self.run_id, self.run_dir, self.local, self.mark)
+        self.raptor = Raptor(config.raptor, self.run_id, self.run_dir, config.shape.local,
+                             self.mark)
         self.loopback: Loopback | None = None
         self.loopback_installed = False
         self.pilot_error: BackendError | None = None
-        #: The pilot's batch job and its life, told to the attached backends' notices.
-        self.watch = PilotWatch(self, config.pending_timeout)
-        #: Ends the run if this process dies, even by SIGKILL: the reap command is
-        #: registered before RP starts anything, and the helpers RP forks from this
-        #: process register themselves (a batch pilot adds its job's cancel).
-        self.guard = Guard(f"radical_pilot {self.run_id}", track_forks=True)
+        #: Follows the pilot and its batch job, tells the attached backends' notices and
+        #: reports to this run, which decides (`_cannot_run`).
+        self.monitor = PilotMonitor(
+            config, self.run_id, self.run_dir / "client", lambda: self.pilot,
+            PilotEvents(mark=self.mark, job_found=self._job_found, job_ended=self._job_ended,
+                        cannot_run=self._cannot_run))
+        #: Ends the run if this process dies, even by SIGKILL: the reap command (which
+        #: also kills what RP forked from this process, see `processes`) is registered
+        #: before RP starts anything; a batch pilot adds its job's cancel.
+        self.guard = Guard(f"radical_pilot {self.run_id}")
+        self._job_guard: int | None = None  # the guard's key of the job's cancel
         self.closing = False
         self.closed = False
         self.lock = threading.Lock()
         self.rp_counter = itertools.count(1)
         #: rp uid -> (backend, the attempt it runs, is function task)
-        self.tasks: dict[str, tuple[RadicalPilotBackend, Attempt, bool]] = {}
-        self.backends: set[RadicalPilotBackend] = set()
+        self.tasks: dict[str, tuple[PilotBackend, Attempt, bool]] = {}
+        self.backends: set[PilotBackend] = set()
         self.t0 = time.monotonic()
         #: Seconds since start: session, pilot_submitted, pilot_active, raptor_*; close.
         self.timings: dict[str, float] = {}
@@ -134,19 +144,20 @@ class PilotRun:
                 logger.warning("Killed %d RADICAL-Pilot processes left by dead clients", reaped)
         for sub in ("tmp", "base", "client", "cancelled"):
             (self.run_dir / sub).mkdir(parents=True, exist_ok=True)
-        environment = run_environment(self.run_id, self.run_dir, self.local)
-        environment["TMPDIR"] = str(self.run_dir / "tmp")  # RP's rp.agent_cfg.* files
+        config, local = self.config, self.config.shape.local
+        environment = run_environment(self.run_id, self.run_dir)
         environment.update(launcher_environment(   # psij's ~/.psij, in the run dir
-            self.config.resource_config, self.resources.get("access_schema"), self.run_dir))
-        entry = run_resource_entry(self.config, self.run_dir)
-        iface = self.config.network_interface
-        if self.local or iface:  # RP's endpoints on one interface only (docs/network.md)
-            self.loopback, entry = for_run(self.run_dir, entry or self.config.resource_config,
-                                           environment, iface, batch=not self.local)
+            config.resource_config, config.resources.get("access_schema"), self.run_dir))
+        entry = run_resource_entry(config, self.run_dir)
+        iface = config.network_interface
+        if local or iface:  # RP's endpoints on one interface only (docs/network.md)
+            self.loopback, entry = for_run(self.run_dir, entry or config.resource_config,
+                                           environment, iface, batch=not local)
             self.raptor.loopback = self.loopback
-        write_run_configs(self.run_dir, self.resources["resource"], entry)
+        write_run_configs(self.run_dir, config.resources["resource"], entry)
         _live_runs[self.run_id] = self
-        self.guard.on_death(reap_argv(self.run_id))
+        self.guard.on_death(reap_argv(self.run_id, self.run_dir))
+        record_forks(self.run_dir)
         cfg = {"base": str(self.run_dir), "path": str(self.run_dir / "client"),
                "client_sandbox": str(self.run_dir / "client")}
         if self.loopback is not None:
@@ -163,40 +174,44 @@ class PilotRun:
             # `(pilot, state)` as documented: use the manager's.)
             self.pmgr.register_callback(self.pilot_callback)
             self.pilot = self.pmgr.submit_pilots(
-                pilot_description(self.config, self.run_id, self.run_dir)
+                pilot_description(config, self.run_id, self.run_dir)
             )
             self.tmgr.add_pilots(self.pilot)
         self.mark("pilot_submitted")
-        self.watch.start()
-        if not self.local and self.raptor_config is not None:
+        self.monitor.start()
+        if not local and config.raptor is not None:
             # raptor holds its carved-out cores from the start (executables get the rest)
             self.raptor.master(self.pilot)
 
     def wait_active(self, timeout: float | None) -> None:
-        if not self.watch.wait_active(timeout):
+        """Block until the pilot is active; raises its error, or after `timeout` s."""
+        active = self.monitor.wait_active(timeout)
+        if self.pilot_error is not None:
+            raise self.pilot_error
+        if not active:
             raise BackendError(
-                f"RADICAL-Pilot pilot {self.pilot.uid} on {self.resources['resource']} is not "
-                f"active after {timeout} s: {self.watch.status()}", BACKEND_TYPE)
+                f"RADICAL-Pilot pilot {self.pilot.uid} on {self.config.resources['resource']} "
+                f"is not active after {timeout} s: {self.monitor.status()}", BACKEND_TYPE)
 
     # ----------------------------------------------------------------- tasks
-    def register(self, backend: RadicalPilotBackend, attempt: Attempt, function: bool) -> str:
+    def register(self, backend: PilotBackend, attempt: Attempt, function: bool) -> str:
         rp_uid = f"rh.{next(self.rp_counter):06d}"
         with self.lock:
             self.tasks[rp_uid] = (backend, attempt, function)
             self.backends.add(backend)
         return rp_uid
 
-    def attach(self, backend: RadicalPilotBackend) -> None:
+    def attach(self, backend: PilotBackend) -> None:
         """`backend` uses this run: it hears the pilot's notices and breaks with it."""
         with self.lock:
             self.backends.add(backend)
             error = self.pilot_error
-        self.watch.attach(backend.notices)
+        self.monitor.attach(backend.notices)
         if error is not None:
             backend._break(error)
 
-    def forget(self, backend: RadicalPilotBackend) -> None:
-        self.watch.detach(backend.notices)
+    def forget(self, backend: PilotBackend) -> None:
+        self.monitor.detach(backend.notices)
         with self.lock:
             self.backends.discard(backend)
             for rp_uid in [k for k, v in self.tasks.items() if v[0] is backend]:
@@ -255,28 +270,25 @@ class PilotRun:
                 backend._report(attempt, TaskState.EXECUTING)
             else:
                 backend._report(attempt, task_outcome(
-                    rp_task, mapped, function, self.local, lambda: self.lost_task_error(rp_task)
+                    rp_task, mapped, function, self.config.shape.local,
+                    lambda: self.lost_task_error(rp_task),
                 ))
         except Exception:
             logger.exception("radical_pilot: failed to handle %s -> %s", rp_task.uid, state)
-
 
     def lost_task_error(self, rp_task: Any) -> BackendError:
         if self.pilot_error is not None:
             return self.pilot_error
         pilot_state = self.pilot.state if self.pilot is not None else None
         if pilot_state in rp.FINAL:
-            return self.pilot_lost(pilot_state)
+            return self.monitor.lost_error(pilot_state)
         if self.raptor.error is not None and rp_task.mode == rp.TASK_FUNCTION:
             return self.raptor.error
         return rp_task_error(rp_task)
 
     @property
     def pilot_sandbox(self) -> str | None:
-        return None if self.pilot is None else ru.Url(self.pilot.pilot_sandbox).path
-
-    def pilot_lost(self, state: str | None) -> BackendError:
-        return pilot_lost(self, state)
+        return sandbox_path(self.pilot)
 
     def break_all(self, error: BackendError) -> None:
         """The pilot cannot run tasks: every attached backend breaks (their tasks fail)."""
@@ -285,9 +297,24 @@ class PilotRun:
                 return
             self.pilot_error = error
             backends = list(self.backends)
-        self.watch.failed(error)
+        self.monitor.failed(error)
         for backend in backends:
             backend._break(error)
+
+    # ------------------------------------------------- the monitor's reports
+    def _cannot_run(self, error: BackendError, cancel_job: bool) -> None:
+        if cancel_job:
+            self.monitor.cancel_job("that cannot run")
+        if not self.closing:
+            self.break_all(error)
+
+    def _job_found(self, job_id: str, cancel: list[str], env: dict[str, str] | None) -> None:
+        # If this process dies (even SIGKILL), the watchdog cancels the job (core/guard.py).
+        self._job_guard = self.guard.on_death(cancel, env=env)
+
+    def _job_ended(self, job_id: str) -> None:
+        key, self._job_guard = self._job_guard, None
+        self.guard.forget(key)  # nothing left to cancel
 
     def fail_tasks(self, error: BackendError, functions_only: bool = False) -> None:
         with self.lock:
@@ -306,9 +333,9 @@ class PilotRun:
             state = state or pilot.state
             if state == rp.PMGR_ACTIVE:
                 self.mark("pilot_active")
-            if state in rp.FINAL and not self.closing and not self.watch.watching():
-                self.break_all(self.pilot_lost(state))
-            self.watch.on_pilot_state(state)  # a watched batch job: the watch tells why
+            if state in rp.FINAL and not self.closing and not self.monitor.following_job():
+                self.break_all(self.monitor.lost_error(state))
+            self.monitor.on_pilot_state(state)  # a followed batch job: the monitor tells why
         except Exception:
             logger.exception("radical_pilot: failed to handle pilot state %s", state)
 
@@ -320,7 +347,7 @@ class PilotRun:
         self.closing = True
         self.closed = True
         t0 = time.monotonic()
-        self.watch.stop()
+        self.monitor.stop()
         if self.session is not None:
             closer = threading.Thread(target=self._close_session, daemon=True, name="rp-close")
             closer.start()
@@ -332,7 +359,8 @@ class PilotRun:
             reaped = reap_run(self.run_id)
             if reaped:
                 logger.debug("radical_pilot: reaped %d leftover processes", reaped)
-        self.watch.cancel_job()  # a job RP's close left (or a close that timed out)
+        self.monitor.cancel_job("left by the session")  # or by a close that timed out
+        stop_recording_forks(self.run_dir)
         self.guard.close(timeout=10.0)
         _live_runs.pop(self.run_id, None)
         if self.loopback_installed:
@@ -358,24 +386,13 @@ class PilotRun:
             logger.exception("radical_pilot: session.close() failed")
 
 
-def close_shared_pilots() -> None:
-    """Close every pilot shared by `shared=True` backends (also done at exit)."""
-    with _shared_lock:
-        runs = list(_shared_runs.values())
-        _shared_runs.clear()
-    for run in runs:
-        run.close()
-
-
 @atexit.register
-def _close_at_exit() -> None:
-    """Shared pilots end with the program; runs never terminated are reaped."""
-    with contextlib.suppress(Exception):
-        close_shared_pilots()
+def _reap_at_exit() -> None:
+    """Runs never closed are reaped when the program ends (shared pilots were closed
+    before: `sharing` registers its exit hook after this one, so it runs first)."""
     for run in list(_live_runs.values()):
         with contextlib.suppress(Exception):
             reap_run(run.run_id)
 
 
-
-__all__ = ["CLOSE_TIMEOUT", "PilotRun", "close_shared_pilots"]
+__all__ = ["CLOSE_TIMEOUT", "PilotBackend", "PilotRun"]

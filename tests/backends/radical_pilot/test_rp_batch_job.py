@@ -1,6 +1,6 @@
-"""The pieces of the pilot watch that need no batch system: reasons, notices, sbatch's error.
+"""The pieces of the pilot monitor that need no batch system: reasons, notices, sbatch's error.
 
-The watch itself runs against the real Slurm cluster in
+The monitor itself (`lifecycle.PilotMonitor`) runs against the real Slurm cluster in
 tests/backends/radical_pilot/test_slurm_radical_pilot.py; here: which Slurm pending reasons
 count as hopeless, how notices reach subscribers (or the log), and how sbatch's message is
 read from a RADICAL-Pilot launcher log as RP 1.103 writes it (the text below is copied from a
@@ -11,18 +11,26 @@ from __future__ import annotations
 
 import logging
 import pathlib
+import types
 
 import pytest
 
-pytest.importorskip("radical.pilot")
+rp = pytest.importorskip("radical.pilot")
 
-from rhapsody_prefect.backends.radical_pilot.batch_job import (
+from rhapsody_prefect.backends.radical_pilot.batch_job import (  # noqa: E402
     BatchJob,
     batch_system,
     launch_error,
     launcher_environment,
 )
-from rhapsody_prefect.core.notices import Notices
+from rhapsody_prefect.backends.radical_pilot.config import pilot_config  # noqa: E402
+from rhapsody_prefect.backends.radical_pilot.lifecycle import (  # noqa: E402
+    PilotEvents,
+    PilotMonitor,
+)
+from rhapsody_prefect.core.exceptions import BackendError  # noqa: E402
+from rhapsody_prefect.core.notices import Notices  # noqa: E402
+from tests.helpers import wait_until  # noqa: E402
 
 LAUNCHER_LOG = """\
 1795613502.075 : pmgr_launching.0000  : 19215 : 139939607874432 : DEBUG    : add pid 19215
@@ -99,3 +107,43 @@ def test_notices_go_to_subscribers_or_the_log(caplog: pytest.LogCaptureFixture) 
     notices.post(logging.ERROR, "lost", log_alone=False)
     assert seen[1:] == [(logging.INFO, "active"), (logging.ERROR, "lost")]
     assert notices.waiting is None and caplog.text == ""
+
+
+@pytest.mark.parametrize("refused", [False, True])
+def test_the_monitor_reports_a_pilot_that_ended(tmp_path: pathlib.Path, refused: bool) -> None:
+    """The monitor tells the run (`PilotEvents.cannot_run`) and its users; it breaks
+    nothing itself. A pilot sbatch refused is named by sbatch's message, read from the
+    session directory the monitor was given."""
+    if refused:
+        (tmp_path / "pmgr_launching.0000.log").write_text(LAUNCHER_LOG)
+    pilot = types.SimpleNamespace(uid="pilot.0007", state=rp.FAILED, stderr="agent died",
+                                  pilot_sandbox="file://localhost/sandbox/pilot.0007")
+    reports: list[tuple[BackendError, bool]] = []
+    marks: list[str] = []
+    events = PilotEvents(mark=marks.append, job_found=lambda *_: None,
+                         job_ended=lambda _: None,
+                         cannot_run=lambda error, cancel: reports.append((error, cancel)))
+    monitor = PilotMonitor(pilot_config({"cores": 1}, raptor=False), "run.1", tmp_path,
+                           lambda: pilot, events)
+    notices = Notices("rhapsody_prefect.test_monitor")
+    seen: list[tuple[int, str]] = []
+    notices.subscribe(lambda level, message: seen.append((level, message)))
+    monitor.attach(notices)
+    monitor.start()
+    try:
+        assert wait_until(lambda: bool(reports), timeout=10)
+        ((error, cancel),) = reports
+        if refused:
+            assert "pilot.0007 on local.localhost could not be submitted" in str(error)
+            assert "Invalid partition name specified" in str(error)
+        else:
+            assert "pilot.0007 on local.localhost ended in state FAILED" in str(error)
+            assert "agent died" in str(error) and "/sandbox/pilot.0007" in str(error)
+        assert cancel is False  # no batch job on local.localhost
+        assert seen == [(logging.INFO, "Pilot pilot.0007 on local.localhost submitted; "
+                                       "waiting for its agent")]
+        assert monitor.wait_active(0) is False and marks == []
+        monitor.failed(error)  # what the run does once it decided: the users are told
+        assert seen[-1] == (logging.ERROR, str(error)) and len(reports) == 1
+    finally:
+        monitor.stop()

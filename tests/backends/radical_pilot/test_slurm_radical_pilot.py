@@ -190,7 +190,7 @@ async def test_user_config_pilot_on_both_nodes_mpi_spans_them_scancel_fails_task
         await backend.wait_active(timeout=ACTIVE_DEADLINE)
         active = time.monotonic() - started
         print(f"\npilot active {active:.1f} s after start: {backend.timings}")
-        job_id = backend._run.watch.job_id  # type: ignore[union-attr]
+        job_id = backend._run.monitor.job_id  # type: ignore[union-attr]
         assert job_id is not None
         rows = [row.split("|") for row in squeue()]
         assert [job_id, "RUNNING"] in [row[:2] for row in rows], rows
@@ -390,7 +390,7 @@ async def test_walltime_fails_the_outstanding_tasks_naming_it(
                                      "arguments": ["900"]}])
         error = await wait_failed(backend, timeout=420)
         failed = time.time()
-        job_id = backend._run.watch.job_id  # type: ignore[union-attr]
+        job_id = backend._run.monitor.job_id  # type: ignore[union-attr]
         assert job_id is not None
         assert "walltime" in str(error) or "runtime of 2 min" in str(error), error
         end = job_field(job_id, "EndTime")
@@ -412,9 +412,9 @@ async def main():
     backend = RadicalPilotBackend({"resource": "local.slurm", "nodes": 1}, raptor=False,
                                   work_dir=sys.argv[1])
     await backend.start()
-    while backend._run.watch.job_id is None:
+    while backend._run.monitor.job_id is None:
         await asyncio.sleep(0.2)
-    print(backend._run.watch.job_id, backend.run_id, flush=True)
+    print(backend._run.monitor.job_id, backend.run_id, flush=True)
     await asyncio.sleep(3600)
 
 asyncio.run(main())
