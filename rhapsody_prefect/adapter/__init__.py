@@ -10,7 +10,9 @@ the one owner of cancelling them), `body_spec` (the one builder of a body's
 backend task, for plain runs and ensembles), `timeline` (per-task transition
 lines and replayed body logs), `states` (RHAPSODY TaskState -> Prefect state, and
 the Prefect result of a finished backend task), `executable` (executable_task,
-task_resources).
+task_resources), `ensemble` (ensemble_map: one task run, a backend task per
+member), `progress` (progress and summary artifacts, and the cores a backend
+offered over time).
 
 Imports: Prefect, `rhapsody_prefect.core`, `.backends` (the registry) and `.body`.
 Nothing outside this folder imports it, except the package's lazy exports.

@@ -1,26 +1,27 @@
 """One Prefect task body as a backend task: built, submitted, watched, turned into a result.
 
     dispatcher = BodyDispatcher(TransitionLines("dask", logging.INFO), 1.0)
-    dispatcher.attach(backend)            # once the backend is created (on first submit)
-    proxy = dispatcher.proxy(task)        # a copy of the Prefect task whose fn sends the body
-    state = await run_task_async(task=proxy, ...)      # Prefect's engine, unchanged
+    dispatcher.attach(backend)            # once the backend is created (on first use)
+    state = await dispatcher.send(spec)   # inside the task run: submit, watch, result
+    state = await dispatcher.run_body(fn, args, kwargs)   # build the spec here, then send
     await dispatcher.cancel_all()         # cancel every body still on the backend
     await dispatcher.close()              # the flow's progress artifacts, finished
 
-The engine calls the proxy inside the task run's context; the proxy builds the
+There is one dispatcher per backend of a flow run (`routing.Backends` owns them and
+routes each body to one); a task run's proxy (`routing.Backends.proxy`) builds the
 backend task (`body_spec.BodySpec`: a command, or the function with its log
-`capture` context), submits it, waits for its notable states and returns
-`states.prefect_result(...)`.
+`capture` context) inside the task run's context, and the dispatcher submits it,
+waits for its notable states and returns `states.prefect_result(...)`.
 
 Two hooks for work that is not one body per task run (`adapter/ensemble.py`): a
 task whose fn is marked `runs_in_flow` is not proxied (its body runs in the flow
 process, on the runner's loop), and a `Group` that `join`s under a key gets the
 state changes of the backend tasks whose `group` is that key, and is cancelled by
-`cancel_all`. The dispatcher is the one owner of cancellation: once `cancel_all`
-ran, `cancelled` is true and no body is sent any more (an ensemble asks it before
-each chunk). It also tallies the plain task runs' bodies as a whole: a progress
-artifact when that work lasts longer than a progress interval, and a summary table
-when the flow run ends (`artifacts=False`: none).
+`cancel_all`. The dispatcher is the one owner of cancelling its backend's tasks:
+once `cancel_all` ran, `cancelled` is true and no body is sent any more (an
+ensemble asks it before each chunk). It also tallies the plain task runs' bodies
+as a whole: a progress artifact when that work lasts longer than a progress
+interval, and a summary table when the flow run ends (`artifacts=False`: none).
 """
 
 from __future__ import annotations
@@ -28,8 +29,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import copy
-import functools
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -39,7 +38,6 @@ from prefect.context import TaskRunContext
 from prefect.futures import PrefectFuture
 from prefect.logging import get_run_logger
 from prefect.states import Cancelled
-from prefect.tasks import Task
 from prefect.utilities.collections import visit_collection
 
 from ..core.constants import TaskState
@@ -50,7 +48,7 @@ from . import progress
 from .body_spec import BodySpec
 from .progress import Reporter, Tally
 from .states import prefect_result
-from .timeline import TransitionLines, Watch, replay
+from .timeline import BodyStates, TransitionLines, replay
 
 logger = logging.getLogger("rhapsody_prefect.runner")
 
@@ -73,15 +71,25 @@ class Group(Protocol):
 
 
 class BodyDispatcher:
-    """Sends the bodies of one flow run's task runs to one backend."""
+    """Sends the bodies of one flow run's task runs to one backend.
+
+    `lines.backend_name` is the backend's name in the runner; `named`: it is one of
+    several, and its artifacts say which.
+    """
 
     def __init__(
-        self, lines: TransitionLines, executing_log_after: float, artifacts: bool = True
+        self,
+        lines: TransitionLines,
+        executing_log_after: float,
+        artifacts: bool = True,
+        named: bool = False,
     ) -> None:
         self.lines = lines
+        self.name = lines.backend_name
+        self.named = named
         self.executing_log_after = executing_log_after
         self.artifacts = artifacts
-        self.watches: dict[str, Watch] = {}
+        self.bodies: dict[str, BodyStates] = {}
         self.work = Tally()  # every plain task run's body, as a whole
         self._backend: BaseExecutionBackend | None = None
         self._groups: dict[str, Group] = {}
@@ -126,37 +134,14 @@ class BodyDispatcher:
         # TaskState (no Enum lookup then); another backend may pass its value.
         if type(state) is not TaskState:
             state = TaskState(state)
-        watch = self.watches.get(task["uid"])
-        if watch is not None:
-            watch.push(state)
+        body = self.bodies.get(task["uid"])
+        if body is not None:
+            body.push(state)
             self.work.on_state(task, state)
             return
         group = self._groups.get(task.get("group"))  # type: ignore[arg-type]
         if group is not None:
             group.on_state(task, state)
-
-    def proxy(self, task: Task[Any, Any]) -> Task[Any, Any]:
-        """A copy of `task` whose fn sends the body to the backend (engine unchanged).
-
-        A fn marked `runs_in_flow` is returned as it is: the engine runs it here.
-        """
-        if getattr(task.fn, FLOW_SIDE_ATTRIBUTE, False):
-            return task
-        original = task.fn
-
-        @functools.wraps(original)
-        async def send_to_backend(*args: Any, **kwargs: Any) -> Any:
-            try:
-                return await self.run_body(original, args, kwargs)
-            except Exception as error:
-                # The user's traceback travels as the error's note ("Remote traceback");
-                # the frames of our plumbing between here and the raise say nothing.
-                raise error.with_traceback(None) from error.__cause__
-
-        proxy = copy.copy(task)
-        proxy.fn = send_to_backend
-        proxy.isasync = True
-        return proxy
 
     def backend_task(
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -169,25 +154,33 @@ class BodyDispatcher:
         run_context = TaskRunContext.get()
         assert run_context is not None and run_context.task_run is not None
         bodies = BodySpec.here(run_context.task, fn)
-        return bodies.build(run_context.task_run.run_count, args, kwargs)
+        spec = bodies.build(run_context.task_run.run_count, args, kwargs)
+        spec.pop("backend", None)  # a route: this dispatcher has one backend
+        return spec
 
     async def run_body(
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
+        """Build the body's backend task (inside its task run) and `send` it."""
         if self._cancelled:
             return Cancelled(message="The task runner was cancelled before this task ran")
+        return await self.send(self.backend_task(fn, args, kwargs))
+
+    async def send(self, spec: TaskDict) -> Any:
+        """Inside the task run: submit its backend task, watch it, return its result."""
+        if self._cancelled:  # e.g. while the backend was starting
+            return Cancelled(message="The task runner was cancelled before this task ran")
         run_logger = get_run_logger()
-        spec = self.backend_task(fn, args, kwargs)
         if self._reporter is None and self.artifacts:
             self._start_reporter()
         uid = spec["uid"]
-        watch = self.watches[uid] = Watch()
+        body = self.bodies[uid] = BodyStates()
         executing_line: asyncio.TimerHandle | None = None
         try:
             await self.backend.submit_tasks([spec])
             self.lines.waiting(run_logger, uid, self.backend)  # e.g. the pilot is queued
             while True:
-                state = await watch.states.get()
+                state = await body.states.get()
                 if state.is_terminal:
                     break
                 if (state is TaskState.EXECUTING and executing_line is None
@@ -202,20 +195,21 @@ class BodyDispatcher:
             asyncio.get_running_loop().create_task(cancel_many(self.backend, [uid]))
             raise
         finally:
-            self.watches.pop(uid, None)
+            self.bodies.pop(uid, None)
             if executing_line is not None:
                 executing_line.cancel()
         replay(run_logger, spec.get("logs"), uid)
-        self.lines.log(run_logger, uid, "finished", state, watch.timeline())
+        self.lines.log(run_logger, uid, "finished", state, body.timeline())
         return await prefect_result(spec)
 
     def _start_reporter(self) -> None:
         run_context = TaskRunContext.get()
         assert run_context is not None and run_context.task_run is not None
+        label = "Backend tasks of this flow run's task runs"
         self._reporter = Reporter(
-            self.work, self.backend, "Backend tasks of this flow run's task runs",
+            self.work, self.backend, f"{label} on {self.name!r}" if self.named else label,
             run_context.task_run.flow_run_id, interval=progress.PROGRESS_INTERVAL,
-            noun="backend tasks",
+            noun="backend tasks", name=self.name if self.named else None,
         )
         self._reporter.start(create_now=False)  # only once the work outlasts an interval
 
@@ -225,7 +219,7 @@ class BodyDispatcher:
         if self._backend is None:
             return  # nothing was sent
         groups = list(self._groups.values())
-        await asyncio.gather(cancel_many(self._backend, list(self.watches)),
+        await asyncio.gather(cancel_many(self._backend, list(self.bodies)),
                              *(group.cancel() for group in groups))
 
     async def close(self) -> None:

@@ -122,7 +122,7 @@ def percentiles(values: array.array[float]) -> str:
     return ", ".join([*parts, f"max {ordered[last]:.3f} s"])
 
 
-class Capacity:
+class OfferedCores:
     """Cores the backend offered over time (sampled), for its utilisation."""
 
     def __init__(self) -> None:
@@ -158,9 +158,13 @@ class Capacity:
 
 
 def summary_rows(
-    tally: Tally, backend: BaseExecutionBackend, capacity: Capacity, noun: str
+    tally: Tally, backend: BaseExecutionBackend, capacity: OfferedCores, noun: str,
+    name: str | None = None,
 ) -> list[dict[str, str]]:
-    """The summary table: final states, times, where the tasks ran, utilisation."""
+    """The summary table: final states, times, where the tasks ran, utilisation.
+
+    `name`: the backend's name in a runner with several (shown with its type).
+    """
     start, end = tally.started_at, tally.ended_at
     wall = (end - start) if start is not None and end is not None else None
     rows = [("backend tasks" if noun != "members" else "members", str(tally.submitted))]
@@ -174,7 +178,7 @@ def summary_rows(
          "-" if wall is None else f"{wall:.2f} s"),
         (f"throughput ({noun} per second)",
          "-" if not wall else f"{tally.done / wall:.1f}"),
-        ("backend", backend.backend_type),
+        ("backend", _backend_label(backend, name)),
         ("where they ran", "; ".join(capacity.placement) or backend.backend_type),
         ("cores available", "-" if capacity.cores is None else str(capacity.cores)),
         ("busy core-seconds", f"{tally.busy_core_seconds:.1f}"),
@@ -199,6 +203,7 @@ class Reporter:
         task_run_id: UUID | None = None,
         interval: float = PROGRESS_INTERVAL,
         noun: str = "members",
+        name: str | None = None,
     ) -> None:
         self.tally = tally
         self.backend = backend
@@ -207,7 +212,8 @@ class Reporter:
         self.task_run_id = task_run_id
         self.interval = interval
         self.noun = noun
-        self.capacity = Capacity()
+        self.name = name
+        self.capacity = OfferedCores()
         self.artifact_id: UUID | None = None
         self._client = _client()
         self._opening: asyncio.Task[None] | None = None
@@ -253,9 +259,10 @@ class Reporter:
         await self.capacity.sample(self.backend, placement=True)
         await self._update()
         await self._post(TableArtifact(
-            table=summary_rows(self.tally, self.backend, self.capacity, self.noun),
+            table=summary_rows(self.tally, self.backend, self.capacity, self.noun,
+                               self.name),
             description=f"**{self.label}**: {self.tally.line(self.noun)} "
-                        f"on backend `{self.backend.backend_type}`",
+                        f"on backend `{_backend_label(self.backend, self.name)}`",
         ))
 
     def _progress(self) -> float:
@@ -304,10 +311,16 @@ class Reporter:
             return None
 
 
+def _backend_label(backend: BaseExecutionBackend, name: str | None) -> str:
+    """'concurrent', or 'local (concurrent)' for a backend named in a runner."""
+    kind = str(backend.backend_type)
+    return kind if name is None else f"{name} ({kind})"
+
+
 def _client() -> Any:
     """The API client the runner opened on its loop (shared by every task run)."""
     context = AsyncClientContext.get()
     return None if context is None else context.client
 
 
-__all__ = ["PROGRESS_INTERVAL", "Capacity", "Reporter", "Tally", "percentiles", "summary_rows"]
+__all__ = ["PROGRESS_INTERVAL", "OfferedCores", "Reporter", "Tally", "percentiles", "summary_rows"]

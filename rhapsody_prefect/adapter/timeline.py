@@ -1,10 +1,10 @@
 """What a task run's log says of its backend task: transition lines and the body's own lines.
 
-    watch = Watch()                      # fed by the backend's state callback
-    watch.push(TaskState.EXECUTING)
-    watch.timeline()                     # 'queued 12:00:01.250, executing +0.004s, ...'
+    states = BodyStates()                 # fed by the backend's state callback
+    states.push(TaskState.EXECUTING)
+    states.timeline()                     # 'queued 12:00:01.250, executing +0.004s, ...'
     lines = TransitionLines("dask", logging.INFO)
-    lines.log(run_logger, uid, "finished", TaskState.COMPLETED, watch.timeline())
+    lines.log(run_logger, uid, "finished", TaskState.COMPLETED, states.timeline())
     replay(run_logger, captured, uid)    # the body's lines, with their original times
     lines.waiting(run_logger, uid, backend)          # 'task ... waiting: ...; batch job 14 ...'
     listener = notice_listener("radical_pilot")      # a backend's notices -> this run's log
@@ -32,7 +32,7 @@ NOTABLE = frozenset(
 )
 
 
-class Watch:
+class BodyStates:
     """The flow side of one backend task: its state changes, as they arrive."""
 
     def __init__(self) -> None:
@@ -98,16 +98,18 @@ class TransitionLines:
             self.log(run_logger, uid, "waiting", TaskState.READY, reason)
 
 
-def notice_listener(backend_name: str) -> Callable[[int, str], None]:
-    """Send a backend's notices (`core.notices`) to the current run's log, from any thread.
+def notice_listener(backend_name: str, run_logger: Any = None) -> Callable[[int, str], None]:
+    """Send a backend's notices (`core.notices`) to a run's log, from any thread.
 
-    Called where the backend is created, inside the flow run (or task run) that uses
-    it; the lines carry that run's id, so they reach its log from the backend's threads.
+    `run_logger`: the run's logger; None: the current run's, so call it where the
+    backend is created, inside the flow run (or task run) that uses it. The lines
+    carry that run's id, so they reach its log from the backend's threads.
     """
-    try:
-        run_logger: Any = get_run_logger()
-    except Exception:  # no run context: Prefect's flow-run logger without a run id
-        run_logger = logging.LoggerAdapter(logging.getLogger("prefect.flow_runs"), {})
+    if run_logger is None:
+        try:
+            run_logger = get_run_logger()
+        except Exception:  # no run context: Prefect's flow-run logger without a run id
+            run_logger = logging.LoggerAdapter(logging.getLogger("prefect.flow_runs"), {})
 
     def listener(level: int, message: str) -> None:
         emit(run_logger, level, f"Backend {backend_name!r}: {message}",
@@ -158,4 +160,4 @@ def emit(
     target.handle(record)
 
 
-__all__ = ["NOTABLE", "TransitionLines", "Watch", "emit", "notice_listener", "replay"]
+__all__ = ["NOTABLE", "BodyStates", "TransitionLines", "emit", "notice_listener", "replay"]
