@@ -13,9 +13,10 @@ import hashlib
 import pathlib
 
 import pytest
+from prefect import flow, unmapped
 
 import rhapsody_prefect as rhapsody
-from rhapsody_prefect import TaskError, TaskState
+from rhapsody_prefect import RhapsodyRunner, TaskError, TaskState, ensemble_map, executable_task
 from tests.conftest import BACKEND_SPECS
 
 pytestmark = [pytest.mark.parametrize("backend_spec", BACKEND_SPECS, indirect=True)]
@@ -127,3 +128,33 @@ async def test_bad_file_entries_are_configuration_errors(backend) -> None:
             await backend.submit_tasks([task])
         assert caught.value.config_key == key, caught.value
     assert backend.tasks == {}  # nothing was submitted
+
+
+@executable_task
+def shout(index: int, source: str) -> dict:
+    """A member: its input staged in under one name, its output to a target of its own."""
+    return {"executable": "sh", "arguments": ["-c", f"tr a-z A-Z < in.txt > out.txt; "
+                                             f"echo {index} >> out.txt"],
+            "input_files": [(source, "in.txt")],
+            "output_files": [("out.txt", f"results/{index}/out.txt")]}
+
+
+@pytest.mark.slow
+def test_ensemble_members_stage_in_and_out_to_their_own_targets(
+    backend_spec, tmp_path: pathlib.Path, monkeypatch
+) -> None:
+    name, kwargs = backend_spec
+    monkeypatch.chdir(tmp_path)
+    source = tmp_path / "shared-input.txt"
+    source.write_text("hello\n")
+
+    @flow(task_runner=RhapsodyRunner(name, **kwargs))
+    def members() -> list:
+        return ensemble_map(shout, range(100), source=unmapped(str(source))).result()
+
+    results = members()
+    assert [r.exit_code for r in results] == [0] * 100
+    for index, result in enumerate(results):
+        target = tmp_path / "results" / str(index) / "out.txt"
+        assert target.read_text() == f"HELLO\n{index}\n"
+        assert result.outputs == (str(target),)
