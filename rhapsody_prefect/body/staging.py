@@ -87,10 +87,9 @@ def _copy(source: Path, target: Path) -> None:
         shutil.copyfile(source, target)
 
 
-def prepare(task: Mapping[str, Any]) -> Staging | Outcome:
-    """Check the task's files and copy its inputs in; a FAILED outcome names a problem."""
-    if not has_files(task):
-        return Staging(task, task.get("cwd"))
+def check_files(task: Mapping[str, Any]) -> Outcome | None:
+    """A FAILED outcome if an input is missing or an output target is taken, else None
+    (where the files are: the command's side here, the submitting side for RP)."""
     uid = task.get("uid")
     missing = [source for source, _ in task.get("input_files") or ()
                if not Path(source).exists()]
@@ -104,6 +103,17 @@ def prepare(task: Mapping[str, Any]) -> Staging | Outcome:
             return Outcome.failed(FileExistsError(
                 f"Task '{uid}': output target(s) exist, nothing ran: {taken} "
                 "(output_exists='overwrite' replaces them)"))
+    return None
+
+
+def prepare(task: Mapping[str, Any]) -> Staging | Outcome:
+    """Check the task's files and copy its inputs in; a FAILED outcome names a problem."""
+    if not has_files(task):
+        return Staging(task, task.get("cwd"))
+    refused = check_files(task)
+    if refused is not None:
+        return refused
+    uid = task.get("uid")
     own = task.get("cwd") is None
     workdir = tempfile.mkdtemp(prefix=f"rhapsody-{uid}-") if own else str(task["cwd"])
     staging = Staging(task, workdir, own)
@@ -117,4 +127,4 @@ def prepare(task: Mapping[str, Any]) -> Staging | Outcome:
     return staging
 
 
-__all__ = ["OUTPUT_EXISTS", "Staging", "has_files", "prepare"]
+__all__ = ["OUTPUT_EXISTS", "Staging", "check_files", "has_files", "prepare"]

@@ -11,8 +11,8 @@ import pathlib
 import time
 
 #: Seconds of the race, scaled per backend: timeout 2 s, attempt 1 returns at 3 s, attempt 2
-#: (started at about 2 s) runs 1.5 s, so it ends after attempt 1's late report.
-TIMEOUT, FIRST, RETRY = 2.0, 3.0, 1.5
+#: (started at about 2 s) runs 1.2 s, so it ends after attempt 1's late report.
+TIMEOUT, FIRST, RETRY = 2.0, 3.0, 1.2
 
 
 def claim_attempt(directory: str) -> int:

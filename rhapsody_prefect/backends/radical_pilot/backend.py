@@ -48,6 +48,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from ...body.staging import check_files
 from ...core.attempt import Attempt
 from ...core.capacity import Capacity
 from ...core.engine import ExecutionBackend
@@ -259,7 +260,8 @@ class RadicalPilotBackend(ExecutionBackend):
     def _description(self, attempt: Attempt) -> Any:
         task = attempt.task
         if not is_function_task(task):
-            return executable_description(task, self._rp_uid(attempt, False))
+            return executable_description(task, self._rp_uid(attempt, False),
+                                          self._run.output_copy if self._run else None)
         assert self._run is not None
         rp_uid = self._rp_uid(attempt, True)
         return function_description(task, rp_uid, self._run.raptor.cancel_marker(rp_uid))
@@ -270,6 +272,10 @@ class RadicalPilotBackend(ExecutionBackend):
         assert run is not None
         executables, functions = [], []
         for attempt in attempts:
+            refused = check_files(attempt.task)  # on this side: RP stages from and to here
+            if refused is not None:
+                self._report(attempt, refused)
+                continue
             try:
                 description = self._description(attempt)
             except Exception as error:  # e.g. a function that cannot be pickled

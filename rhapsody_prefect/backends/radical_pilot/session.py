@@ -35,11 +35,11 @@ from ...core.exceptions import BackendError, ConfigurationError
 from ...core.guard import Guard
 from ...core.notices import Notices
 from ...core.outcome import Outcome
-from . import loopback
+from . import bind_interface
 from .batch_job import launcher_environment
+from .bind_wrappers import InterfaceBinding, binding_for_run
 from .config import PilotConfig, pilot_description, run_resource_entry
 from .lifecycle import PilotEvents, PilotMonitor, remove_session_sandbox, sandbox_path
-from .loopback_wrappers import Loopback, for_run
 from .processes import (
     availability,
     helpers_missing,
@@ -54,7 +54,13 @@ from .processes import (
 from .raptor import Raptor
 from .resource_configs import write_run_configs
 from .rp_import import rp
-from .translate import BACKEND_TYPE, RP_TO_TASK_STATE, rp_task_error, task_outcome
+from .translate import (
+    BACKEND_TYPE,
+    RP_TO_TASK_STATE,
+    client_path,
+    rp_task_error,
+    task_outcome,
+)
 
 logger = logging.getLogger("rhapsody_prefect.backends.radical_pilot")
 
@@ -98,9 +104,12 @@ class PilotRun:
         self.tmgr: Any = None
         self.raptor = Raptor(config.raptor, self.run_id, self.run_dir, config.shape.local,
                              self.mark)
-        self.loopback: Loopback | None = None
-        self.loopback_installed = False
+        self.binding: InterfaceBinding | None = None
+        self.binding_installed = False
         self.pilot_error: BackendError | None = None
+        #: Where RP stages executables' stdout/stderr back when this side cannot read the
+        #: task sandboxes (None: read there; translate.full_output).
+        self.output_copy: Path | None = None
         #: Follows the pilot and its batch job, tells the attached backends' notices and
         #: reports to this run, which decides (`_cannot_run`).
         self.monitor = PilotMonitor(
@@ -151,19 +160,20 @@ class PilotRun:
         entry = run_resource_entry(config, self.run_dir)
         iface = config.network_interface
         if local or iface:  # RP's endpoints on one interface only (docs/network.md)
-            self.loopback, entry = for_run(self.run_dir, entry or config.resource_config,
-                                           environment, iface, batch=not local)
-            self.raptor.loopback = self.loopback
+            self.binding, entry = binding_for_run(
+                self.run_dir, entry or config.resource_config, environment, iface,
+                batch=not local)
+            self.raptor.binding = self.binding
         write_run_configs(self.run_dir, config.resources["resource"], entry)
         _live_runs[self.run_id] = self
         self.guard.on_death(reap_argv(self.run_id, self.run_dir))
         record_forks(self.run_dir)
         cfg = {"base": str(self.run_dir), "path": str(self.run_dir / "client"),
                "client_sandbox": str(self.run_dir / "client")}
-        if self.loopback is not None:
+        if self.binding is not None:
             # this process and what it forks: registry, proxy, pipes
-            loopback.install(self.loopback.address)
-            self.loopback_installed = True
+            bind_interface.install(self.binding.address)
+            self.binding_installed = True
         with patched_environ(environment):
             self.session = rp.Session(uid=self.run_id, cfg=cfg)
             self.mark("session")
@@ -177,6 +187,8 @@ class PilotRun:
                 pilot_description(config, self.run_id, self.run_dir)
             )
             self.tmgr.add_pilots(self.pilot)
+        if client_path(self.pilot.pilot_sandbox) is None:  # stdout/stderr staged back here
+            self.output_copy = self.run_dir / "outputs"
         self.mark("pilot_submitted")
         self.monitor.start()
         if not local and config.raptor is not None:
@@ -265,12 +277,12 @@ class PilotRun:
                     return
                 if mapped.is_terminal:
                     del self.tasks[rp_uid]
-            backend, attempt, function = entry
+            backend, attempt, _ = entry
             if mapped is TaskState.EXECUTING:
                 backend._report(attempt, TaskState.EXECUTING)
             else:
                 backend._report(attempt, task_outcome(
-                    rp_task, mapped, function, self.config.shape.local,
+                    rp_task, mapped, attempt.task, self.output_copy,
                     lambda: self.lost_task_error(rp_task),
                 ))
         except Exception:
@@ -363,11 +375,11 @@ class PilotRun:
         stop_recording_forks(self.run_dir)
         self.guard.close(timeout=10.0)
         _live_runs.pop(self.run_id, None)
-        if self.loopback_installed:
-            self.loopback_installed = False
-            loopback.uninstall()
-        if self.loopback is not None:
-            self.loopback.close()
+        if self.binding_installed:
+            self.binding_installed = False
+            bind_interface.uninstall()
+        if self.binding is not None:
+            self.binding.close()
         self.timings["close"] = round(time.monotonic() - t0, 3)
         remove_session_sandbox(self.pilot, keep=self.keep_sandbox)
         if not self.keep_sandbox:

@@ -2,7 +2,7 @@
 
     description = executable_description(task, rp_uid="rh.000001")
     state = RP_TO_TASK_STATE[rp_task.state]                  # AGENT_EXECUTING -> EXECUTING
-    outcome = task_outcome(rp_task, TaskState.COMPLETED, function=False, local=True,
+    outcome = task_outcome(rp_task, TaskState.COMPLETED, task, output_copy=None,
                            lost=lambda: error)          # core.outcome.Outcome
 
 RADICAL-Pilot's task states map onto TaskState here, once; the backend reports
@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ...body import raptor_call
+from ...body.output import policy_of, read_file_output
 from ...core.constants import TaskState
 from ...core.exceptions import BackendError
 from ...core.outcome import Outcome
@@ -62,8 +63,34 @@ MANAGED_TASK_KEYS = frozenset({
 })
 
 
-def executable_description(task: TaskDict, rp_uid: str) -> Any:
-    """The RP TaskDescription of an executable task."""
+def client_path(url: Any) -> Path | None:
+    """The local path of an RP sandbox URL this side can read (file:// on this host)."""
+    with contextlib.suppress(Exception):
+        parsed = ru.Url(str(url))
+        if parsed.schema in ("file", "local") and parsed.host in (None, "", "localhost"):
+            return Path(parsed.path)
+    return None
+
+
+def staging_directives(
+    task: TaskDict, rp_uid: str, output_copy: Path | None
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """RP input and output staging for the task's files (client <-> task sandbox, done by
+    RP's task manager: no shared file system needed), and for its stdout/stderr when
+    this side cannot read the sandbox (`output_copy`: where they are staged back)."""
+    inputs = [{"source": f"file://localhost{source}", "target": f"task:///{name}",
+               "action": rp.TRANSFER} for source, name in task.get("input_files") or ()]
+    outputs = [{"source": f"task:///{name}", "target": f"file://localhost{target}",
+                "action": rp.TRANSFER} for name, target in task.get("output_files") or ()]
+    if output_copy is not None:
+        outputs += [{"source": f"task:///{rp_uid}.{suffix}",
+                     "target": f"file://localhost{output_copy / f'{rp_uid}.{suffix}'}",
+                     "action": rp.TRANSFER} for suffix in ("out", "err")]
+    return inputs, outputs
+
+
+def executable_description(task: TaskDict, rp_uid: str, output_copy: Path | None = None) -> Any:
+    """The RP TaskDescription of an executable task (`output_copy`: see staging_directives)."""
     executable, arguments = task["executable"], list(task["arguments"])
     if task["shell"]:
         command = " ".join([executable, *map(shlex.quote, arguments)])
@@ -85,6 +112,11 @@ def executable_description(task: TaskDict, rp_uid: str) -> Any:
         "environment": dict(task["environment"]),
         "pre_exec": pre_exec,
     }
+    inputs, outputs = staging_directives(task, rp_uid, output_copy)
+    if inputs:
+        values["input_staging"] = inputs
+    if outputs:
+        values["output_staging"] = outputs
     values.update(task.get("backend_kwargs") or {})
     return rp.TaskDescription(values)
 
@@ -112,17 +144,36 @@ def function_description(task: TaskDict, rp_uid: str, cancel_marker: str | None)
 
 
 def task_outcome(
-    rp_task: Any, state: TaskState, function: bool, local: bool,
+    rp_task: Any, state: TaskState, task: TaskDict, output_copy: Path | None,
     lost: Callable[[], BackendError],
 ) -> Outcome:
     """The outcome of a finished RP task; `lost()` says why RP lost it."""
     if state is TaskState.CANCELED:
         return Outcome.canceled()
-    output = {"stdout": full_output(rp_task, "out", rp_task.stdout, local),
-              "stderr": full_output(rp_task, "err", rp_task.stderr, local)}
+    function = rp_task.mode == rp.TASK_FUNCTION
+    output: dict[str, Any] = {}
+    for suffix, stream in (("out", "stdout"), ("err", "stderr")):
+        output[stream], output[f"{stream}_file"] = full_output(
+            rp_task, suffix, getattr(rp_task, stream), task, output_copy)
     if not function:
         if state is TaskState.COMPLETED:
-            return Outcome(state, exit_code=rp_task.exit_code, **output)
+            # RP's staging skips an output the command did not write: checked here
+            outputs = task.get("output_files") or ()
+            staged = tuple(target for _, target in outputs if Path(target).exists())
+            missing = [name for name, target in outputs if not Path(target).exists()]
+            if missing and not task.get("allow_missing_outputs"):
+                return Outcome(TaskState.FAILED, exit_code=rp_task.exit_code,
+                               staged_outputs=staged, exception=FileNotFoundError(
+                                   f"Task '{task['uid']}': output file(s) {missing} not "
+                                   "written in its sandbox (allow_missing_outputs=True "
+                                   "accepts that)"), **output)
+            return Outcome(state, exit_code=rp_task.exit_code, staged_outputs=staged, **output)
+        if rp_task.exit_code == 0 and task.get("output_files"):
+            # exit 0, yet FAILED: RP's output staging (an output the command did not write)
+            return Outcome(TaskState.FAILED, exit_code=0, exception=FileNotFoundError(
+                f"Task '{task['uid']}': copying its output_files "
+                f"{[name for name, _ in task['output_files']]} back failed: "
+                f"{rp_task.exception or 'RADICAL-Pilot gave no reason'}"), **output)
         if rp_task.exit_code not in (None, 0):  # the exit code says enough
             return Outcome(TaskState.FAILED, exit_code=rp_task.exit_code, **output)
         output["exit_code"] = rp_task.exit_code
@@ -137,15 +188,25 @@ def task_outcome(
     return Outcome(TaskState.FAILED, exception=lost(), **output)
 
 
-def full_output(rp_task: Any, suffix: str, fallback: str | None, local: bool) -> str:
-    """RP keeps the last 1024 chars; read the whole file from a local sandbox."""
-    if local and rp_task.mode == rp.TASK_EXECUTABLE:
-        with contextlib.suppress(Exception):
-            sandbox = ru.Url(rp_task.sandbox).path
-            path = Path(sandbox) / f"{rp_task.uid}.{suffix}"
-            if path.is_file():
-                return path.read_text(errors="replace")
-    return fallback or ""
+def full_output(
+    rp_task: Any, suffix: str, fallback: str | None, task: TaskDict, output_copy: Path | None
+) -> tuple[str, str | None]:
+    """A stream of an executable task under the output policy (`body/output.py`): read
+    from the task sandbox when this side sees it, else from the copy RP staged back;
+    RP's own attribute (its last 1,024 characters) only when neither exists."""
+    if rp_task.mode == rp.TASK_EXECUTABLE:
+        sandbox = client_path(rp_task.sandbox)
+        places = [sandbox] if sandbox is not None else []
+        if output_copy is not None:
+            places.append(output_copy)
+        limit, keep_dir = policy_of(task)
+        for place in places:
+            path = place / f"{rp_task.uid}.{suffix}"
+            with contextlib.suppress(OSError):
+                if path.is_file():
+                    stream = "stdout" if suffix == "out" else "stderr"
+                    return read_file_output(path, limit, keep_dir, f"{task['uid']}.{stream}")
+    return fallback or "", None
 
 
 def rp_task_error(rp_task: Any) -> BackendError:

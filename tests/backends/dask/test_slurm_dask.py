@@ -135,3 +135,45 @@ def test_the_example_flow_with_slurm_options(
     assert summary["members"] == 4 and summary["error"] < 0.2
     assert {m["host"] for m in summary["per_member"]} <= set(slurm_cluster.nodes)
     assert wait_queue_empty() == []
+
+
+@executable_task
+def stage_on_node(index: int, source: str) -> dict[str, Any]:
+    """Input staged in by the worker on its Slurm node; output copied back to a target."""
+    return {"executable": "/bin/sh",
+            "arguments": ["-c", "cat in.txt > out.txt; echo $SLURMD_NODENAME >> out.txt"],
+            "input_files": [(source, "in.txt")],
+            "output_files": [("out.txt", f"results/{index}.txt")]}
+
+
+def test_files_in_and_out_on_slurm_workers(
+    slurm_cluster: SlurmCluster, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """dask-jobqueue workers copy a command's files on their node (docs/api.md: sources
+    and targets on a file system the workers see; here the nodes share this machine's)."""
+    from prefect import unmapped
+
+    from rhapsody_prefect import ensemble_map
+
+    monkeypatch.chdir(tmp_path)
+    source = tmp_path / "input.txt"
+    source.write_text("from the login node\n")
+    runner = RhapsodyRunner(
+        "dask", cluster_class="dask_jobqueue.SLURMCluster",
+        cluster_kwargs=jobqueue_kwargs(slurm_cluster, tmp_path),
+        adapt_kwargs={"minimum": 2, "maximum": 2},
+    )
+
+    @flow(task_runner=runner)
+    def staged() -> list[Any]:
+        return ensemble_map(stage_on_node, range(6), source=unmapped(str(source))).result()
+
+    results = staged()
+    nodes = set()
+    for index, result in enumerate(results):
+        text = (tmp_path / "results" / f"{index}.txt").read_text().splitlines()
+        assert text[0] == "from the login node"
+        nodes.add(text[1])
+        assert result.outputs == (str(tmp_path / "results" / f"{index}.txt"),)
+    assert nodes <= {"n1", "n2"} and nodes  # ran on Slurm nodes
+    assert wait_queue_empty() == []

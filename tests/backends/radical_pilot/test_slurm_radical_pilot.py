@@ -209,6 +209,34 @@ async def test_user_config_pilot_on_both_nodes_mpi_spans_them_scancel_fails_task
         assert sorted(int(p["rank"]) for p in pairs) == list(range(nodes)), lines
         assert sorted(p["node"] for p in pairs) == list(slurm_cluster.nodes), lines
 
+        # A batch pilot's whole output and files in and out (issue 23): 200 KB of stdout
+        # read from the task sandbox (RP keeps 1,024 characters), an input staged in and an
+        # output staged out by RP's directives; a missing input and a taken target fail
+        # before anything runs.
+        files = tmp_path / "files"
+        files.mkdir()
+        (files / "in.txt").write_text("batch\n")
+        (files / "taken.txt").write_text("keep\n")
+        big = {"uid": "big", "executable": "/bin/sh",
+               "arguments": ["-c", "head -c 200000 /dev/zero | tr '\\0' b"]}
+        staged = {"uid": "staged", "executable": "/bin/sh",
+                  "arguments": ["-c", "tr a-z A-Z < in.txt > out.txt"],
+                  "input_files": [str(files / "in.txt")],
+                  "output_files": [("out.txt", str(files / "member" / "out.txt"))]}
+        no_input = {"uid": "no-input", "executable": "/bin/true",
+                    "input_files": [str(files / "absent.txt")]}
+        taken = {"uid": "taken", "executable": "/bin/true",
+                 "output_files": [("x", str(files / "taken.txt"))]}
+        await backend.submit_tasks([big, staged, no_input, taken])
+        with pytest.raises(TaskError):
+            await backend.wait(timeout=300)
+        assert big["stdout"] == "b" * 200000
+        assert (files / "member" / "out.txt").read_text() == "BATCH\n"
+        assert staged["staged_outputs"] == (str(files / "member" / "out.txt"),)
+        assert "absent.txt" in str(no_input["exception"])
+        assert "taken.txt" in str(taken["exception"])
+        assert (files / "taken.txt").read_text() == "keep\n"
+
         # scancel: the outstanding task fails, naming the batch job's end
         await backend.submit_tasks([{"uid": "long", "executable": "/bin/sleep",
                                      "arguments": ["600"]}])
