@@ -12,9 +12,10 @@ pilot and task manager of one run), `lifecycle` (the pilot's life followed and
 told: batch job, active, lost), `batch_job` (Slurm's view of the pilot's job),
 `sharing` (pilots shared by `shared=True` backends), `raptor` (function tasks'
 master and workers), `translate` (RP states, task descriptions, results),
-`processes` (marking and reaping RP's processes), `loopback` and
-`loopback_wrappers` (RP's endpoints on one network interface), `rp_import`. What
-runs in a raptor worker is `rhapsody_prefect.body.raptor_call`.
+`processes` (marking and reaping RP's processes), `bind_interface` and
+`bind_wrappers` (RP's endpoints bound to one network interface: loopback for a local
+pilot, `network_interface=` for a batch one), `rp_import`. What runs in a raptor
+worker is `rhapsody_prefect.body.raptor_call`.
 """
 
 from .backend import RadicalPilotBackend, availability

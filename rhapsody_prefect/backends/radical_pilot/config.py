@@ -27,7 +27,7 @@ from typing import Any
 
 from ...core.exceptions import ConfigurationError
 from ...core.machine import usable_cores
-from . import loopback
+from . import bind_interface
 from .resource_configs import is_this_machine, resource_config, schema_of
 from .rp_import import rp, unsupported_releases
 
@@ -253,8 +253,8 @@ def network_interface(value: Any) -> str | None:
         raise ConfigurationError(
             f"network_interface must be the name of a network interface (a str such as "
             f"'ib0', 'hsn0' or 'lo'), got {value!r}", config_key="network_interface")
-    found = loopback.interfaces()
-    listed = loopback.describe_interfaces(found)
+    found = bind_interface.interfaces()
+    listed = bind_interface.describe_interfaces(found)
     if value not in found:
         raise ConfigurationError(
             f"network_interface {value!r} is not a network interface of this machine; "

@@ -50,8 +50,9 @@ class Raptor:
         self._master: Any = None
         self.workers: list[Any] = []
         self._lock = threading.Lock()
-        #: Set by the run on a local pilot: the wrapped raptor executables.
-        self.loopback: Any = None
+        #: Set by the run when RP's endpoints bind one interface: its `InterfaceBinding`
+        #: (bind_wrappers), whose wrapped raptor executables the tasks run.
+        self.binding: Any = None
 
     def master(self, pilot: Any) -> Any:
         """Blocking: the raptor master, started with its workers on first use."""
@@ -74,10 +75,10 @@ class Raptor:
         master_uid = f"raptor.{self.run_id}"
         worker_uids = [f"{master_uid}.worker.{i}" for i in range(config["workers"])]
         self.uids.update([master_uid, *worker_uids])
-        # On a local pilot, RP's raptor executables wrapped to listen on 127.0.0.1.
+        # RP's raptor executables wrapped to bind the run's one interface (if it has one).
         master_exe, worker_exe = (
-            {"executable": self.loopback.executable(f"radical-pilot-raptor-{role}")}
-            if self.loopback is not None else {}
+            {"executable": self.binding.executable(f"radical-pilot-raptor-{role}")}
+            if self.binding is not None else {}
             for role in ("master", "worker")
         )
         master = pilot.submit_raptors([rp.TaskDescription({

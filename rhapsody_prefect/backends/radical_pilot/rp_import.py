@@ -7,7 +7,7 @@
 `SUPPORTED_RELEASES` is what the backend is tested with (pyproject.toml's
 `radical_pilot` extra says the same; a test keeps them equal). Older releases differ
 where the backend depends on them: radical.utils 1.100 has no `iface` setting (the
-agent's command port would leave loopback, `loopback.check()` refuses it), radical.pilot
+agent's command port would leave loopback, `bind_interface.check()` refuses it), radical.pilot
 up to 1.103.0 keeps task uids unique per *process* (a second pilot in one flow process
 fails on its first task), 1.103.1 prints every submitted uid to stdout.
 """

@@ -19,9 +19,12 @@ import pytest
 pytest.importorskip("radical.pilot")
 
 from rhapsody_prefect import ConfigurationError
-from rhapsody_prefect.backends.radical_pilot import RadicalPilotBackend, loopback
+from rhapsody_prefect.backends.radical_pilot import RadicalPilotBackend, bind_interface
+from rhapsody_prefect.backends.radical_pilot.bind_wrappers import (
+    InterfaceBinding,
+    binding_for_run,
+)
 from rhapsody_prefect.backends.radical_pilot.config import network_interface
-from rhapsody_prefect.backends.radical_pilot.loopback_wrappers import Loopback, for_run
 
 SLURM = {"resource": "mysite.slurm", "nodes": 2}
 
@@ -45,9 +48,9 @@ def test_unknown_interface_is_refused_naming_it_and_listing_the_found_ones(tmp_p
     message = str(info.value)
     assert info.value.config_key == "network_interface"
     assert "'nosuch0' is not a network interface of this machine" in message
-    lo = loopback.loopback_interface()
+    lo = bind_interface.loopback_interface()
     assert "interfaces found: " in message and f"{lo} (127.0.0.1)" in message, message
-    for name in loopback.interfaces():
+    for name in bind_interface.interfaces():
         assert name in message
 
 
@@ -61,27 +64,27 @@ def test_a_value_that_is_not_an_interface_name_is_refused(tmp_path, value: Any) 
 
 
 def test_an_interface_without_ipv4_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(loopback, "interfaces",
+    monkeypatch.setattr(bind_interface, "interfaces",
                         lambda: {"lo": ["127.0.0.1"], "ib0": [], "eth0": ["192.0.2.2"]})
     with pytest.raises(ConfigurationError) as info:
         network_interface("ib0")
     assert "'ib0' has no IPv4 address" in str(info.value)
     assert "ib0 (no IPv4 address)" in str(info.value) and "eth0 (192.0.2.2)" in str(info.value)
     assert network_interface("eth0") == "eth0"
-    with pytest.raises(loopback.LoopbackUnsupported, match="no IPv4"):
-        loopback.interface_address("ib0")
+    with pytest.raises(bind_interface.InterfaceUnsupported, match="no IPv4"):
+        bind_interface.interface_address("ib0")
 
 
 def test_a_known_interface_is_kept_and_none_is_the_default(tmp_path) -> None:
-    lo = loopback.loopback_interface()
+    lo = bind_interface.loopback_interface()
     assert backend(tmp_path, lo).config.network_interface == lo
     assert backend(tmp_path, None).config.network_interface is None
     assert RadicalPilotBackend(work_dir=tmp_path / "w").config.network_interface is None
-    assert loopback.interface_address(lo) == "127.0.0.1"
+    assert bind_interface.interface_address(lo) == "127.0.0.1"
 
 
 def test_the_option_is_part_of_a_shared_pilots_key(tmp_path) -> None:
-    lo = loopback.loopback_interface()
+    lo = bind_interface.loopback_interface()
     assert backend(tmp_path, lo)._share_key() != backend(tmp_path, None)._share_key()
 
 
@@ -92,11 +95,12 @@ def test_unknown_options_list_network_interface(tmp_path) -> None:
 
 # ---------------------------------------------- what a batch run gets with it
 def test_a_batch_run_gets_the_hook_rps_iface_and_the_wrappers(tmp_path) -> None:
-    lo = loopback.loopback_interface()
+    lo = bind_interface.loopback_interface()
     environment = {"PATH": "/usr/bin"}
     entry = {"pre_bootstrap_0": ["module load x"], "cores_per_node": 2}
-    wrappers, written = for_run(tmp_path, entry, environment, lo, batch=True)
+    wrappers, written = binding_for_run(tmp_path, entry, environment, lo, batch=True)
     hook = f". {wrappers.hook}"
+    assert wrappers.directory == tmp_path.resolve() / "bind_interface"  # docs/network.md
     assert written["pre_bootstrap_0"] == ["module load x", hook]
     assert written["pre_bootstrap_1"] == [hook]
     assert written["network_interface"] == lo
@@ -112,15 +116,16 @@ def test_a_batch_run_gets_the_hook_rps_iface_and_the_wrappers(tmp_path) -> None:
 
 
 def test_a_local_run_keeps_loopback_and_rps_own_iface_unset(tmp_path) -> None:
-    wrappers, written = for_run(tmp_path, {}, {"PATH": "/usr/bin"})
-    assert wrappers.iface == loopback.loopback_interface() and wrappers.address == "127.0.0.1"
+    wrappers, written = binding_for_run(tmp_path, {}, {"PATH": "/usr/bin"})
+    assert wrappers.iface == bind_interface.loopback_interface() and wrappers.address == "127.0.0.1"
     assert "network_interface" not in written
 
 
 def test_a_batch_run_refuses_a_run_dir_the_bootstrap_cannot_pass(tmp_path) -> None:
     odd = tmp_path / "has space"
     with pytest.raises(ConfigurationError) as info:
-        for_run(odd, {}, {"PATH": "/usr/bin"}, loopback.loopback_interface(), batch=True)
+        binding_for_run(odd, {}, {"PATH": "/usr/bin"}, bind_interface.loopback_interface(),
+                        batch=True)
     assert info.value.config_key == "work_dir" and "compute nodes" in str(info.value)
 
 
@@ -129,12 +134,12 @@ def test_the_patch_binds_and_advertises_the_given_address() -> None:
     import radical.utils as ru
     import zmq
 
-    addresses = [a for a in (loopback.interfaces().values()) for a in a]
+    addresses = [a for a in (bind_interface.interfaces().values()) for a in a]
     address = next((a for a in addresses if a != "127.0.0.1"), "127.0.0.1")
-    with loopback.installed(address):
-        assert loopback.installed_address() == address
-        with pytest.raises(loopback.LoopbackUnsupported, match="one interface per process"):
-            loopback.install("127.0.0.2" if address == "127.0.0.1" else "127.0.0.1")
+    with bind_interface.installed(address):
+        assert bind_interface.installed_address() == address
+        with pytest.raises(bind_interface.InterfaceUnsupported, match="one interface per process"):
+            bind_interface.install("127.0.0.2" if address == "127.0.0.1" else "127.0.0.1")
         sock = zmq.Context.instance().socket(zmq.PUB)
         try:
             url = ru.zmq.pubsub.zmq_bind(sock)
@@ -143,13 +148,13 @@ def test_the_patch_binds_and_advertises_the_given_address() -> None:
             sock.close(linger=0)
         server = ru.zmq.Server(uid="probe")
         assert server._iface == address
-    assert loopback.installed_address() is None
-    assert not getattr(ru.zmq.pubsub.zmq_bind, "_rhapsody_loopback", False)
+    assert bind_interface.installed_address() is None
+    assert not getattr(ru.zmq.pubsub.zmq_bind, "_rhapsody_bind_interface", False)
 
 
 def test_a_wrapper_on_a_node_without_the_interface_refuses_to_run(tmp_path) -> None:
     """What the agent's node does when it has no such interface: exit 3, saying why."""
-    wrappers = Loopback(tmp_path / "wrappers")
+    wrappers = InterfaceBinding(tmp_path / "wrappers")
     bridge = wrappers.directory / "radical-pilot-bridge"
     bridge.write_text(bridge.read_text().replace(f"{wrappers.iface!r})", "'nosuch0')"))
     done = subprocess.run([str(bridge)], capture_output=True, text=True, timeout=120)

@@ -1,10 +1,10 @@
-"""The RADICAL-Pilot releases the backend supports, and the loopback patch's bind (fast, no pilot).
+"""The RADICAL-Pilot releases the backend supports, and the interface binding (fast, no pilot).
 
 The backend is tested with radical.pilot 1.103.2 and radical.utils 1.103.1; older
 releases differ where it depends on them (rp_import's docstring). pyproject.toml's
 `radical_pilot` extra allows exactly the supported releases, and a user who has
 another one installed hears which are supported when creating the backend, before
-anything starts. The pilot-level check of the loopback patch (every listening socket
+anything starts. The pilot-level check of the interface binding (every listening socket
 of a running pilot on 127.0.0.1) is tests/system/test_listening_sockets.py.
 """
 
@@ -23,7 +23,7 @@ pytest.importorskip("radical.pilot")
 
 from rhapsody_prefect import ConfigurationError
 from rhapsody_prefect.backends.discovery import why_unavailable
-from rhapsody_prefect.backends.radical_pilot import RadicalPilotBackend, loopback, rp_import
+from rhapsody_prefect.backends.radical_pilot import RadicalPilotBackend, bind_interface, rp_import
 from rhapsody_prefect.backends.radical_pilot.processes import availability
 from rhapsody_prefect.backends.radical_pilot.rp_import import (
     SUPPORTED_RELEASES,
@@ -121,7 +121,7 @@ def test_rus_own_zmq_bind_runs_and_listens_on_the_address_only(
     original = ru.zmq.utils.zmq_bind
     sock = zmq.Context.instance().socket(zmq.PUB)
     try:
-        with loopback.installed("127.0.0.1"):
+        with bind_interface.installed("127.0.0.1"):
             assert ru.zmq.queue.zmq_bind is not original
             url = ru.Url(ru.zmq.queue.zmq_bind(sock))
         assert ru.zmq.queue.zmq_bind is original

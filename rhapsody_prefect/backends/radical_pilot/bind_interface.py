@@ -27,19 +27,19 @@ only the first two groups. This module reaches all of them:
    interface. Upstream-shaped, the fix is `zmq_bind(sock, iface=None)` binding
    `tcp://{iface or '*'}:<port>` and advertising `iface or get_hostip()`.
    Reference-counted: `uninstall()` restores RU's functions when the last user is done.
-2. `loopback_wrappers.Loopback(directory, iface)` writes small wrapper executables,
+2. `bind_wrappers.InterfaceBinding(directory, iface)` writes small wrapper executables,
    one per RP helper, that resolve the IPv4 address of interface `iface` *on the node
    they run on* (`interface_address`), install the same patch and then run the
    original helper script (`runpy`), and a shell hook for the pilot's `bootstrap_0.sh`.
-   `Loopback.environment()` puts the wrappers first on `PATH` (RP starts its
+   `InterfaceBinding.environment()` puts the wrappers first on `PATH` (RP starts its
    helpers by name) and sets `RADICAL_DEFAULT_IFACE` to the interface (RP forwards
    every `RADICAL_*` variable to the pilot job, so the agent's advertised address
-   and command port are on it too). `Loopback.pre_bootstrap()` is the
+   and command port are on it too). `InterfaceBinding.pre_bootstrap()` is the
    resource-config entry that makes the agent's bootstrap start the wrapped
    `radical-pilot-agent_0` (the bootstrap activates the virtualenv, which puts the
-   venv's `bin` before any PATH the client set). `Loopback.executable(name)` is the
-   wrapped raptor master and worker for their task descriptions (RP activates the
-   `rp` named env for tasks, so PATH alone does not reach them).
+   venv's `bin` before any PATH the client set). `InterfaceBinding.executable(name)`
+   is the wrapped raptor master and worker for their task descriptions (RP activates
+   the `rp` named env for tasks, so PATH alone does not reach them).
 
 A pilot on this machine (`local.*`) uses the loopback interface. A batch pilot uses
 it only when the backend's `network_interface` option names an interface (compute
@@ -52,12 +52,12 @@ themselves are checked when the backend is created (`rp_import.unsupported_relea
 
 Usage (what the radical_pilot backend does for a local pilot)::
 
-    from rhapsody_prefect.backends.radical_pilot import loopback, loopback_wrappers
+    from rhapsody_prefect.backends.radical_pilot import bind_interface, bind_wrappers
 
-    loopback.check()                          # LoopbackUnsupported if RU/RP changed
-    wrappers = loopback_wrappers.Loopback(run_dir / "loopback", "lo")
+    bind_interface.check()                    # InterfaceUnsupported if RU/RP changed
+    wrappers = bind_wrappers.InterfaceBinding(run_dir / "bind_interface", "lo")
     resource_cfg["localhost"]["pre_bootstrap_0"] = wrappers.pre_bootstrap()
-    loopback.install(wrappers.address)        # this process: registry, proxy, pipes
+    bind_interface.install(wrappers.address)  # this process: registry, proxy, pipes
     try:
         with patched_environ(wrappers.environment()):    # RP's helpers inherit it
             session = rp.Session(...)
@@ -68,7 +68,7 @@ Usage (what the radical_pilot backend does for a local pilot)::
         ...
     finally:
         session.close(terminate=True)
-        loopback.uninstall()
+        bind_interface.uninstall()
 """
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ _ZMQ_BIND_USERS = (
 _WILDCARDS = ("*", "0.0.0.0", "")
 
 
-class LoopbackUnsupported(RuntimeError):
+class InterfaceUnsupported(RuntimeError):
     """The installed radical.utils / radical.pilot is not the shape this remedy patches."""
 
 
@@ -113,14 +113,14 @@ def _source(obj: Any) -> str:
     try:
         return inspect.getsource(obj)
     except (OSError, TypeError) as error:
-        raise LoopbackUnsupported(f"cannot read the source of {obj!r}: {error}") from error
+        raise InterfaceUnsupported(f"cannot read the source of {obj!r}: {error}") from error
 
 
 def _require(condition: bool, what: str) -> None:
     if not condition:
-        raise LoopbackUnsupported(
-            f"radical.utils/radical.pilot changed shape: {what}. The loopback remedy "
-            "would not cover every endpoint; re-validate loopback."
+        raise InterfaceUnsupported(
+            f"radical.utils/radical.pilot changed shape: {what}. The interface binding "
+            "would not cover every endpoint; re-validate bind_interface.py."
         )
 
 
@@ -132,7 +132,7 @@ def source_sha256(obj: Any) -> str:
 def check() -> None:
     """Verify the installed RU/RP is the shape patched here.
 
-    Raises LoopbackUnsupported, naming what changed. Imports radical.utils and
+    Raises InterfaceUnsupported, naming what changed. Imports radical.utils and
     radical.pilot's bootstrap file path; starts nothing.
     """
     zutils = importlib.import_module("radical.utils.zmq.utils")
@@ -146,7 +146,7 @@ def check() -> None:
     for name in _ZMQ_BIND_USERS:
         module = importlib.import_module(name)
         bound = getattr(module, "zmq_bind", None)
-        _require(bound is original or getattr(bound, "_rhapsody_loopback", False),
+        _require(bound is original or getattr(bound, "_rhapsody_bind_interface", False),
                  f"{name}.zmq_bind is not radical.utils.zmq.utils.zmq_bind")
     init = _source(_ORIGINALS.get("Server.__init__", server.Server.__init__))
     _require("'tcp://*:10000-11000'" in init and "self._iface = tmp[1].lstrip('/')" in init,
@@ -205,7 +205,7 @@ def _wrap_zmq_bind(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
         addr.host = _address  # RU advertises get_hostip()
         return addr
 
-    zmq_bind._rhapsody_loopback = True  # type: ignore[attr-defined]
+    zmq_bind._rhapsody_bind_interface = True  # type: ignore[attr-defined]
     return zmq_bind
 
 
@@ -215,12 +215,12 @@ def _wrap_server_init(original: Callable[..., None]) -> Callable[..., None]:
         if self._iface in _WILDCARDS:
             self._iface = _address
         elif self._iface != _address:
-            raise LoopbackUnsupported(
+            raise InterfaceUnsupported(
                 f"ru.zmq.Server {self._uid} asked for interface {self._iface!r} while "
-                f"rp_loopback is installed (everything binds and advertises {_address})"
+                f"rp_bind_interface is installed (everything binds and advertises {_address})"
             )
 
-    __init__._rhapsody_loopback = True  # type: ignore[attr-defined]
+    __init__._rhapsody_bind_interface = True  # type: ignore[attr-defined]
     return __init__
 
 
@@ -228,7 +228,7 @@ def _bound_hostip(*_args: Any, **_kwargs: Any) -> str:
     return _address
 
 
-_bound_hostip._rhapsody_loopback = True  # type: ignore[attr-defined]
+_bound_hostip._rhapsody_bind_interface = True  # type: ignore[attr-defined]
 
 
 def install(address: str = LOOPBACK) -> None:
@@ -237,13 +237,13 @@ def install(address: str = LOOPBACK) -> None:
     `address` is an IPv4 address of this host (default 127.0.0.1; see
     `interface_address`). Covers this process and every process it forks afterwards.
     Reference-counted; call `uninstall()` once per `install()`. Runs `check()` first.
-    Raises LoopbackUnsupported if already installed for another address (one process
+    Raises InterfaceUnsupported if already installed for another address (one process
     binds one address).
     """
     global _installs, _address
     with _lock:
         if _installs and address != _address:
-            raise LoopbackUnsupported(
+            raise InterfaceUnsupported(
                 f"RADICAL-Pilot's endpoints in this process already bind {_address}; "
                 f"cannot also bind {address} (one interface per process)")
         if _installs == 0:
@@ -319,16 +319,16 @@ def interface_address(name: str) -> str:
     """The IPv4 address of interface `name` on this host (127.0.0.1 if it holds it, else
     its first).
 
-    Raises LoopbackUnsupported naming the interfaces found when there is no such
+    Raises InterfaceUnsupported naming the interfaces found when there is no such
     interface, or it has no IPv4 address.
     """
     found = interfaces()
     if name not in found:
-        raise LoopbackUnsupported(
+        raise InterfaceUnsupported(
             f"no network interface {name!r} on this host; interfaces found: "
             + describe_interfaces(found))
     if not found[name]:
-        raise LoopbackUnsupported(f"network interface {name!r} has no IPv4 address")
+        raise InterfaceUnsupported(f"network interface {name!r} has no IPv4 address")
     return LOOPBACK if LOOPBACK in found[name] else found[name][0]
 
 
@@ -337,7 +337,7 @@ def loopback_interface() -> str:
     for name, addresses in interfaces().items():
         if LOOPBACK in addresses:
             return name
-    raise LoopbackUnsupported(f"no network interface holds {LOOPBACK}")
+    raise InterfaceUnsupported(f"no network interface holds {LOOPBACK}")
 
 
 # -------------------------------------------------------- RP's own processes
@@ -350,8 +350,8 @@ def run_wrapped(original: str, directory: str, iface: str) -> None:
     os.environ["RADICAL_DEFAULT_IFACE"] = iface  # before radical.utils reads its config
     try:
         install(interface_address(iface))
-    except LoopbackUnsupported as error:
-        sys.stderr.write(f"rp_loopback: refusing to run {original}: {error}\n")
+    except InterfaceUnsupported as error:
+        sys.stderr.write(f"rp_bind_interface: refusing to run {original}: {error}\n")
         raise SystemExit(3) from error
     sys.argv[0] = original
     runpy.run_path(original, run_name="__main__")
@@ -359,7 +359,7 @@ def run_wrapped(original: str, directory: str, iface: str) -> None:
 
 __all__ = [
     "LOOPBACK",
-    "LoopbackUnsupported",
+    "InterfaceUnsupported",
     "check",
     "describe_interfaces",
     "install",
