@@ -38,8 +38,6 @@ from .core.machine import usable_cores
 
 Status = Literal["ok", "warn", "fail", "info"]
 
-RP_HELPERS = ("radical-pilot-bridge", "radical-pilot-component", "radical-pilot-agent_0")
-
 
 # ------------------------------------------------------------------- backends
 @dataclasses.dataclass
@@ -242,14 +240,21 @@ def _check_radical_pilot(required: bool) -> list[Check]:
                          required, missing="warn"))
     bin_dir = Path(sys.executable).parent
     path_entries = os.environ.get("PATH", "").split(os.pathsep)
-    found = {name: shutil.which(name, path=os.pathsep.join([str(bin_dir), *path_entries]))
-             for name in RP_HELPERS}
-    missing = [name for name, where in found.items() if where is None]
-    checks.append(_check(
-        "radical_pilot", "helpers", not missing,
-        f"missing {missing}" if missing else f"{', '.join(RP_HELPERS)} in "
-        f"{sorted({str(Path(p).parent) for p in found.values() if p})}",
-        required, missing="warn"))
+    try:  # the list's owner imports radical.pilot: here, not when the CLI is imported
+        from .backends.radical_pilot.processes import REQUIRED_HELPERS
+    except Exception as error:  # not installed or broken: the "available" row says why
+        checks.append(_check("radical_pilot", "helpers", False,
+                             f"not checked: the radical_pilot backend does not import "
+                             f"({type(error).__name__}: {error})", required, missing="warn"))
+    else:
+        found = {name: shutil.which(name, path=os.pathsep.join([str(bin_dir), *path_entries]))
+                 for name in REQUIRED_HELPERS}
+        missing = [name for name, where in found.items() if where is None]
+        checks.append(_check(
+            "radical_pilot", "helpers", not missing,
+            f"missing {missing}" if missing else f"{', '.join(REQUIRED_HELPERS)} in "
+            f"{sorted({str(Path(p).parent) for p in found.values() if p})}",
+            required, missing="warn"))
     on_path = str(bin_dir) in path_entries
     checks.append(Check(
         "radical_pilot", "PATH", "ok" if on_path else "warn",

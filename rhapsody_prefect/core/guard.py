@@ -20,7 +20,6 @@ Imports: the standard library only.
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import itertools
 import json
@@ -49,14 +48,9 @@ _guards: weakref.WeakSet[Guard] = weakref.WeakSet()
 class Guard:
     """One watchdog and what this process registered with it (thread-safe)."""
 
-    def __init__(
-        self, name: str = "", *, grace: float = GRACE_SECONDS, track_forks: bool = False
-    ) -> None:
+    def __init__(self, name: str = "", *, grace: float = GRACE_SECONDS) -> None:
         self.name = name
         self.grace = grace
-        #: Register every `os.fork()` child of this process (with its descendants) while
-        #: the guard is open: for libraries that fork helpers (RADICAL-Pilot's client).
-        self.track_forks = track_forks
         self._lock = threading.Lock()
         self._keys = itertools.count(1)
         self._owner = os.getpid()
@@ -186,17 +180,11 @@ class Guard:
         self._fd = write_end
 
     def _after_fork(self) -> None:
-        # A forked child must neither hold the pipe open nor speak for its parent; it
-        # only registers itself, if asked (one write of < PIPE_BUF bytes: atomic).
+        # A forked child must neither hold the pipe open nor speak for its parent.
         fd, self._fd = self._fd, None
         self._lock = threading.Lock()
-        if fd is None:
-            return
-        if self.track_forks and not (self._closed or self._broken):
-            pid = os.getpid()
-            with contextlib.suppress(OSError):
-                os.write(fd, _line({"op": "tree", "pid": pid, "key": f"fork-{pid}"}))
-        os.close(fd)
+        if fd is not None:
+            os.close(fd)
 
 
 def _pythonpath() -> str:

@@ -83,6 +83,31 @@ def test_doctor_passes_here(capsys: pytest.CaptureFixture[str]) -> None:
     assert (mpi["status"] == "ok") == any(shutil.which(x) for x in ("mpiexec", "mpirun", "srun"))
 
 
+def test_importing_the_cli_imports_no_radical_pilot() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", "import sys, rhapsody_prefect.cli; "
+         "print(sorted(m for m in sys.modules if m.startswith(('radical', "
+         "'rhapsody_prefect.backends.radical_pilot'))))"],
+        capture_output=True, text=True, timeout=120, check=True)
+    assert done.stdout.strip() == "[]"
+
+
+def test_doctor_checks_the_helpers_the_backend_requires(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    processes = pytest.importorskip("rhapsody_prefect.backends.radical_pilot.processes")
+    from rhapsody_prefect.cli import _check_radical_pilot
+
+    helpers = {c.name: c for c in _check_radical_pilot(required=False)}["helpers"]
+    assert (helpers.status == "ok") == (not processes.helpers_missing())
+    for name in processes.REQUIRED_HELPERS:
+        assert name in helpers.detail
+    # The backend does not import: the helpers are not checked, and that is said.
+    monkeypatch.setitem(sys.modules, "rhapsody_prefect.backends.radical_pilot.processes", None)
+    helpers = {c.name: c for c in _check_radical_pilot(required=False)}["helpers"]
+    assert helpers.status == "warn" and helpers.detail.startswith("not checked: ")
+
+
 def test_doctor_fails_when_required_backend_missing(
     broken_backend: str, capsys: pytest.CaptureFixture[str]
 ) -> None:

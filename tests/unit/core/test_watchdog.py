@@ -119,7 +119,7 @@ OWNER = textwrap.dedent("""
     import os, signal, subprocess, sys
     from rhapsody_prefect.core.guard import Guard
 
-    guard = Guard("owner", track_forks=sys.argv[1] == "fork")
+    guard = Guard("owner")
     command = subprocess.Popen(["/bin/sh", "-c", "sleep 300 & wait"], start_new_session=True)
     guard.kill_group(command.pid)
     more = []
@@ -127,21 +127,13 @@ OWNER = textwrap.dedent("""
         fd = guard._fd
         more = [subprocess.Popen(["/bin/sleep", "300"], pass_fds=(fd,), start_new_session=True)]
         more = [p.pid for p in more]
-    if sys.argv[1] == "fork":  # a helper forked (no exec) by a library: it registers itself
-        child = os.fork()
-        if child == 0:
-            os.setsid()  # not even in our process group
-            signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGTERM])  # needs the SIGKILL
-            while True:
-                signal.pause()
-        more = [child]
     print(command.pid, guard.pid, *more, flush=True)
     sys.stdin.readline()
     os.kill(os.getpid(), signal.SIGKILL)
 """)
 
 
-@pytest.mark.parametrize("mode", ["plain", "leak", "fork"])
+@pytest.mark.parametrize("mode", ["plain", "leak"])
 def test_sigkill_of_the_owner_ends_what_it_registered(tmp_path: Path, mode: str) -> None:
     script = tmp_path / "owner.py"
     script.write_text(OWNER)
@@ -154,8 +146,6 @@ def test_sigkill_of_the_owner_ends_what_it_registered(tmp_path: Path, mode: str)
     command, watchdog, *more = (int(p) for p in owner.stdout.readline().split())
     try:
         pids = [command, *(p.pid for p in psutil.Process(command).children())]
-        if mode == "fork":
-            pids += more
         assert wait_until(lambda: log.exists() and "watching" in log.read_text())
         owner.stdin.write("\n")
         owner.stdin.flush()
