@@ -4,9 +4,10 @@
     backend = get_backend("concurrent", max_workers=2)
 
 `concurrent` (local threads, processes, subprocesses), `dask/` (a Dask cluster),
-`radical_pilot/` (a RADICAL-Pilot pilot), `discovery` (the registry). Each backend
-subclasses `core.engine.ExecutionBackend` and implements only start, launch,
-cancel and shutdown; `base` keeps the reference's import path of the contract.
+`radical_pilot/` (a RADICAL-Pilot pilot), `upstream/` (upstream RHAPSODY's own
+backends, `rhapsody-py`, listed as `upstream.<name>`), `discovery` (the registry).
+Each backend subclasses `core.engine.ExecutionBackend` and implements only start,
+launch, cancel and shutdown; `base` keeps the reference's import path of the contract.
 
 Imports: `rhapsody_prefect.core`, `rhapsody_prefect.body` and the backend's own
 engine library (distributed, radical.pilot); never Prefect or the adapter.

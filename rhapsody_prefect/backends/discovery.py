@@ -9,6 +9,13 @@ Third-party packages add backends through the entry-point group
 `rhapsody.backends` (`name = "package.module:BackendClass"`). Nothing here
 starts a backend: `discover_backends()` only checks that each backend's
 dependencies import, and `why_unavailable(name)` says what is missing.
+
+Upstream RHAPSODY (`rhapsody-py`) reads the same group: its backends are listed
+as `upstream.<name>` (`upstream.concurrent`, `upstream.dask`, ...; see
+`upstream/catalogue.py`), so this project's names keep meaning its own backends.
+A class written to upstream's contract (its `BaseBackend`), registered by class,
+import path or entry point, resolves to the engine adapter running it
+(`upstream/backend.py`).
 """
 
 from __future__ import annotations
@@ -21,6 +28,8 @@ from typing import Any, ClassVar
 
 from ..core.contract import BaseExecutionBackend
 from ..core.exceptions import ConfigurationError
+from .upstream import adapt, is_upstream_class, upstream_backends
+from .upstream.catalogue import is_upstream_entry_point, missing_dependency
 
 ENTRY_POINT_GROUP = "rhapsody.backends"
 
@@ -65,8 +74,12 @@ class BackendRegistry:
             if cls._entry_points_loaded:
                 return
             cls._entry_points_loaded = True
-            for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-                cls._backends.setdefault(entry_point.name, entry_point.value)
+            entry_points = importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
+            for name, path in upstream_backends(entry_points).items():
+                cls._backends.setdefault(name, path)
+            for entry_point in entry_points:
+                if not is_upstream_entry_point(entry_point):
+                    cls._backends.setdefault(entry_point.name, entry_point.value)
 
     @classmethod
     def list_backends(cls) -> list[str]:
@@ -76,15 +89,18 @@ class BackendRegistry:
 
     @classmethod
     def register_backend(cls, name: str, backend: BackendSource) -> None:
-        """Register a backend class, or its import path ('package.module:Class')."""
+        """Register a backend class, or its import path ('package.module:Class').
+
+        A class written to upstream RHAPSODY's contract runs through the engine adapter.
+        """
         if not isinstance(name, str) or not name:
             raise ConfigurationError(f"Backend name must be a non-empty str, got {name!r}", "name")
         if isinstance(backend, str):
             _split_import_path(backend)
-        elif not (inspect.isclass(backend) and issubclass(backend, BaseExecutionBackend)):
+        elif not _is_backend_class(backend):
             raise ConfigurationError(
-                f"Backend {name!r} must be a BaseExecutionBackend subclass or an import "
-                f"path, got {backend!r}",
+                f"Backend {name!r} must be a BaseExecutionBackend subclass, an upstream "
+                f"RHAPSODY BaseBackend subclass or an import path, got {backend!r}",
                 config_key="backend",
             )
         cls._load_entry_points()
@@ -104,16 +120,35 @@ class BackendRegistry:
             raise ValueError(f"Backend '{backend_name}' not found. Available: {available}")
         source = cls._backends[backend_name]
         if not isinstance(source, str):
-            return source
+            return _engine_class(backend_name, source)
         module_name, attr = _split_import_path(source)
+        missing = missing_dependency(source)  # upstream's modules import without them
+        if missing:
+            raise ImportError(f"Backend '{backend_name}' is not available: {missing}")
         try:
             module = importlib.import_module(module_name)
         except ImportError as error:
             raise ImportError(_missing_dependency_message(backend_name, error)) from error
         backend_class = getattr(module, attr, None)
-        if not (inspect.isclass(backend_class) and issubclass(backend_class, BaseExecutionBackend)):
+        if not _is_backend_class(backend_class):
             raise ImportError(f"Backend '{backend_name}': {source!r} is not a backend class")
+        return _engine_class(backend_name, backend_class)
+
+
+def _is_backend_class(candidate: object) -> bool:
+    """A backend of this project's contract, or of upstream RHAPSODY's."""
+    return ((inspect.isclass(candidate) and issubclass(candidate, BaseExecutionBackend))
+            or is_upstream_class(candidate))
+
+
+def _engine_class(backend_name: str, backend_class: type) -> type[BaseExecutionBackend]:
+    """`backend_class`, or for an upstream class the adapter running it."""
+    if issubclass(backend_class, BaseExecutionBackend):
         return backend_class
+    try:
+        return adapt(backend_class, backend_name)
+    except ImportError as error:
+        raise ImportError(f"Backend '{backend_name}' is not available: {error}") from None
 
 
 def _missing_dependency_message(backend_name: str, error: ImportError) -> str:
