@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -110,7 +109,7 @@ def main() -> None:
             order = list(ROWS) if repeat % 2 == 0 else list(reversed(ROWS))
             for name in order:
                 size, limit = ROWS[name]
-                row_dir = Path(work) / f"{repeat}-{len(results[name])}-{os.getpid()}"
+                row_dir = Path(work) / f"{repeat}-{list(ROWS).index(name)}"
                 row_dir.mkdir()
                 results[name].append(measure(count, size, limit, Path(work), row_dir))
                 print(name, results[name][-1], flush=True)

@@ -111,3 +111,39 @@ def test_ensemble_benchmark_measures_every_row(
     assert "## ensemble_map: one task run for thousands of members" in markdown
     assert "sleep-threadpool" in markdown
     assert (out / "benchmarks-ensemble.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_output_benchmark_measures_every_row(tmp_path: pathlib.Path) -> None:
+    """`bench/output.py --quick`: the three rows measured, the section written."""
+    (tmp_path / "benchmarks.md").write_text("# Benchmarks\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    completed = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "output.py"), "--quick", "--out", str(tmp_path)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=900,
+    )
+    assert completed.returncode == 0, completed.stdout[-4000:] + completed.stderr[-4000:]
+    markdown = (tmp_path / "benchmarks.md").read_text()
+    assert "## Command output" in markdown
+    for row in ("| silent |", "| 100 KB |", "| 100 KB, limit 10 KB |"):
+        assert row in markdown, row
+    assert re.search(r"\| 100 KB \| [\d.]+ \| [\d.]+x \| \d+ \| 5\.0 \|", markdown), markdown
+
+
+def test_several_backends_benchmark_measures_both_rows(tmp_path: pathlib.Path) -> None:
+    """`bench/several_backends.py --quick`: both rows measured, the ratio printed with a
+    value, its section written beside what benchmarks.md held."""
+    (tmp_path / "benchmarks.md").write_text("# Benchmarks\n\nthe main table\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    completed = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "several_backends.py"), "--quick",
+         "--out", str(tmp_path)], cwd=REPO, env=env, capture_output=True, text=True,
+        timeout=900,
+    )
+    assert completed.returncode == 0, completed.stdout[-4000:] + completed.stderr[-4000:]
+    for row in ("one backend", "two backends"):
+        assert re.search(rf"^{row}\s+100\s+1/1\s+[\d.]+ s$", completed.stdout, re.MULTILINE), row
+    assert re.search(r"^two backends / one backend\s+python\s+100\s+[\d.]+x",
+                     completed.stdout, re.MULTILINE)
+    markdown = (tmp_path / "benchmarks.md").read_text()
+    assert markdown.startswith("# Benchmarks\n\nthe main table\n")
+    assert "## Several backends in one flow" in markdown and "| two backends |" in markdown
