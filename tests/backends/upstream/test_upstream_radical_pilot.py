@@ -27,8 +27,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.radical_pilot]
 @pytest.fixture
 def rp_environment(tmp_path, monkeypatch) -> pathlib.Path:
     """Upstream writes its session directory into $RADICAL_PILOT_BASE (default: the
-    shell's $PWD, not the process's cwd) and sandboxes under $RADICAL_BASE (default:
-    $HOME); its helpers must be on PATH."""
+    shell's $PWD, not the process's cwd) and client files under $RADICAL_BASE; the pilot
+    sandbox goes to ~/radical.pilot.sandbox unless `resources` names one. Its helpers
+    must be on PATH."""
     venv_bin = str(pathlib.Path(sys.executable).parent)
     monkeypatch.setenv("PATH", f"{venv_bin}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setenv("VIRTUAL_ENV", str(pathlib.Path(venv_bin).parent))
@@ -72,7 +73,8 @@ async def test_commands_functions_retry_and_cancel_on_a_pilot(rp_environment):
     ]
     backend = rhapsody.get_backend(
         "upstream.radical_pilot",
-        resources={"resource": "local.localhost", "runtime": 20, "cores": 4},
+        resources={"resource": "local.localhost", "runtime": 20, "cores": 4,
+                   "sandbox": str(work / "sandbox")},
         raptor_config={"masters": [{"ranks": 1, "workers": [{"ranks": 1}]}]},
     )
     async with backend:
@@ -99,3 +101,4 @@ async def test_commands_functions_retry_and_cancel_on_a_pilot(rp_environment):
     assert wait_until(lambda: not pid_alive(pid), timeout=20)  # RP kills a cancelled task
     assert caught.value.details["failed"] == ["exits", "raises"]
     assert list(work.glob("rhapsody.session.*")), "no session directory in RADICAL_PILOT_BASE"
+    assert list((work / "sandbox").glob("radical.pilot.sandbox/rhapsody.session.*/pilot.*"))
