@@ -8,7 +8,9 @@
 
 A body is the command an `executable_task` describes or the task's function with
 its log `capture` context, plus the resources `task_resources` asked for and any
-task keys the caller adds (an ensemble's retries and timeout). Every backend task
+task keys the caller adds (an ensemble's retries and timeout). A `backend` asked
+for with `task_resources` is kept apart as `route`; a command dict's own
+`"backend"` stays in the built spec for the router to take out. Every backend task
 of one task run has the same `group`, the task run's key (its name and the end of
 its id): the dispatcher routes the callbacks of a group's tasks by it; `name`
 stays for display. The uid is `<group>.<ordinal>`: the Prefect attempt of a plain
@@ -53,6 +55,8 @@ class BodySpec:
         self.name = task_run.name
         self.command = command_builder_of(fn)
         self.base: TaskDict = {**resources_of(fn), **(keys or {})}
+        #: `task_resources(backend=)`: a route (adapter/routing.py), not a task key.
+        self.route: str | None = self.base.pop("backend", None)
         self.capture: BodyContext | None = None
         if self.command is None:
             self.capture = BodyContext(

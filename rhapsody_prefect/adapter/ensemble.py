@@ -37,8 +37,14 @@ The ensemble's task run body runs in the flow process on the runner's loop
 their `group` key, so their state changes feed one `progress.Tally` (no object
 per member) and the runner's `cancel_all` cancels them. Options (keywords that
 are not the task's parameters): `artifacts` (default: the runner's),
-`progress_interval` (seconds, default 3), `wait_for`. Other keywords are mapped
-parameters, as in `task.map`.
+`progress_interval` (seconds, default 3), `wait_for`, `backend` (a name of the
+runner's `backends=`). Other keywords are mapped parameters, as in `task.map`.
+
+Every member goes to one backend, chosen when `ensemble_map` is called
+(adapter/routing.py): `backend=`, else the task's `task_resources(backend=)`, else
+a `rhapsody:NAME` tag (the task's, or of an enclosing `with tags(...)`), else the
+runner's default. A member whose command dict names another backend fails the
+ensemble (pass that name as `backend=`).
 """
 
 from __future__ import annotations
@@ -49,7 +55,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from prefect.cache_policies import NO_CACHE
-from prefect.context import FlowRunContext, TaskRunContext
+from prefect.context import FlowRunContext, TagsContext, TaskRunContext
 from prefect.futures import PrefectFuture
 from prefect.logging import get_run_logger
 from prefect.states import Cancelled, State
@@ -63,6 +69,7 @@ from ..core.tasks import TaskDict, retry_delay
 from . import progress
 from .body_spec import BodySpec
 from .dispatch import BodyDispatcher, cancel_many, runs_in_flow
+from .executable import resources_of
 from .progress import Reporter, Tally
 from .states import prefect_result
 from .timeline import replay
@@ -72,7 +79,7 @@ from .timeline import replay
 CHUNK = 2000
 #: Failed members listed in the failure message.
 LISTED_FAILURES = 5
-OPTIONS = ("artifacts", "progress_interval", "wait_for")
+OPTIONS = ("artifacts", "progress_interval", "wait_for", "backend")
 
 
 class EnsembleFailed(TaskError):
@@ -92,8 +99,8 @@ def ensemble_map(
 
     Raises:
         ConfigurationError: not inside a flow running on a RhapsodyRunner, `task` is
-            not a Prefect task or has a `retry_condition_fn`, or the iterables differ
-            in length.
+            not a Prefect task or has a `retry_condition_fn`, the iterables differ
+            in length, or the backend it is routed to is not one of the runner's.
     """
     from .runner import RhapsodyRunner
 
@@ -140,7 +147,9 @@ def ensemble_map(
     columns = [list(c) if m and not isinstance(c, (Sequence, PrefectFuture)) else c
                for c, m in zip(columns, mapped, strict=True)]
     member_count(columns, mapped)  # early, unless a column is a future
-    ensemble = Ensemble(runner.dispatcher(), task, list(keywords), mapped,
+    route = runner.routing.route(settings.get("backend"), resources_of(task.fn).get("backend"),
+                                 {*task.tags, *TagsContext.get().current_tags})
+    ensemble = Ensemble(runner.dispatcher(route), task, list(keywords), mapped,
                         allow_failures, artifacts, float(interval), retries)
 
     async def run_ensemble(iterables: list[Any]) -> Any:
@@ -276,8 +285,9 @@ class Ensemble:
         bodies = BodySpec.here(self.task, self.task.fn, self.retries.keys)
         reporter = None
         if self.artifacts:
+            named = self.dispatcher.name if self.dispatcher.named else None
             reporter = Reporter(self.tally, self.backend, f"ensemble {task_run.name}",
-                                task_run.flow_run_id, task_run.id, self.interval)
+                                task_run.flow_run_id, task_run.id, self.interval, name=named)
             reporter.start()  # the artifact is created while the members are submitted
         try:
             with self.dispatcher.join(bodies.group, self):
@@ -311,12 +321,24 @@ class Ensemble:
                 args, kwargs = values[:positional], dict(zip(names, values[positional:],
                                                              strict=True))
                 chunk.append(bodies.build(index, args, kwargs, **self.retries.member_keys()))
+            if bodies.command is not None:
+                self._take_routes(chunk)
             await self.backend.submit_tasks(chunk)
             self.specs.extend(chunk)
             if self.dispatcher.cancelled:  # cancel_all ran while this chunk was handed over
                 await cancel_many(self.backend, [spec["uid"] for spec in chunk])
                 break
             await asyncio.sleep(0)
+
+    def _take_routes(self, chunk: list[TaskDict]) -> None:
+        """Take the members' own `"backend"` keys out: each must be this ensemble's."""
+        for spec in chunk:
+            named = spec.pop("backend", None)
+            if named is not None and named != self.dispatcher.name:
+                raise ConfigurationError(
+                    f"Member {spec['uid']} names the backend {named!r}, but the members of "
+                    f"an ensemble go to one backend, here {self.dispatcher.name!r}; pass "
+                    f"backend={named!r} to ensemble_map", config_key="backend")
 
     async def _results(self, count: int, key: str) -> Any:
         results: list[Any] = []
@@ -337,7 +359,7 @@ class Ensemble:
             results.append(value)
         summary = self.tally.line()
         self._run_logger.info("Ensemble of %d members on backend %r: %s", count,
-                              self.backend.backend_type, summary.rsplit(",", 1)[0])
+                              self.dispatcher.name, summary.rsplit(",", 1)[0])
         if cancelled or len(self.specs) < count:
             return Cancelled(message=f"{cancelled + count - len(self.specs)} of {count} "
                                      "members were cancelled")

@@ -12,7 +12,7 @@
                 "cores_per_rank": 2, "environment": {"OMP_NUM_THREADS": "2"}}
 
     @task
-    @task_resources(cores_per_rank=4, gpus_per_rank=1)
+    @task_resources(cores_per_rank=4, gpus_per_rank=1, backend="gpu")
     def analyse(path: str) -> float: ...
 
 The decorated function runs in the flow process and only *describes* the
@@ -20,7 +20,9 @@ command: an argv list, a shell string, or a task dict with resources. Under a
 `RhapsodyRunner` the command runs on the backend; under any other task runner
 it runs as a local subprocess. Either way the task returns an
 `ExecutableResult` (`exit_code`, `stdout`, `stderr`), and a non-zero exit fails
-the task (Prefect retries apply) with the exit code and the stderr tail.
+the task (Prefect retries apply) with the exit code and the stderr tail. A
+`"backend"` key in the dict, or `task_resources(backend=)`, picks one of the
+backends of a `RhapsodyRunner(backends=...)` (adapter/routing.py).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from prefect import Task, task
 from ..body.commands import run_command
 from ..core.exceptions import ConfigurationError, TaskError
 from ..core.outcome import tail
-from ..core.tasks import TaskDict, validate_resources, validate_task
+from ..core.tasks import RESOURCE_KEYS, TaskDict, validate_resources, validate_task
 
 COMMAND_ATTRIBUTE = "__rhapsody_command__"
 RESOURCES_ATTRIBUTE = "__rhapsody_resources__"
@@ -151,7 +153,9 @@ def executable_task(fn: Callable[..., Any] | None = None, /, **task_options: Any
 
     @functools.wraps(fn)
     def run_command_task(*args: Any, **kwargs: Any) -> ExecutableResult:
-        spec = validate_task(command_spec(fn(*args, **kwargs), resources_of(run_command_task)))
+        spec = command_spec(fn(*args, **kwargs), resources_of(run_command_task))
+        spec.pop("backend", None)  # a route; here the command runs locally, nowhere else
+        spec = validate_task(spec)
         return check_result(spec, _run_locally(spec))
 
     setattr(run_command_task, COMMAND_ATTRIBUTE, fn)
@@ -161,9 +165,23 @@ def executable_task(fn: Callable[..., Any] | None = None, /, **task_options: Any
 def task_resources(**resources: Any) -> Callable[[F], F]:
     """Ask the backend for resources for a task body (cores, GPUs, ranks, environment).
 
-    Apply under `@task` (on the function) or over it (on the Task).
+    Apply under `@task` (on the function) or over it (on the Task). `backend="NAME"`
+    sends the body to that backend of a `RhapsodyRunner(backends=...)`
+    (adapter/routing.py); it is a route, not a task key.
     """
+    unknown = sorted(set(resources) - {*RESOURCE_KEYS, "backend"})
+    if unknown:
+        raise ConfigurationError(
+            f"Unknown resource key {unknown[0]!r}; allowed: {[*RESOURCE_KEYS, 'backend']}",
+            config_key=unknown[0],
+        )
+    route = resources.pop("backend", None)
+    if route is not None and (not isinstance(route, str) or not route):
+        raise ConfigurationError(
+            f"task_resources(backend=...) needs a backend name (str), got {route!r}", "backend")
     checked = validate_resources(resources)
+    if route is not None:
+        checked["backend"] = route
 
     def apply(target: F) -> F:
         fn = target.fn if isinstance(target, Task) else target

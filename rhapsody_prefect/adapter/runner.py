@@ -19,10 +19,20 @@ one event-loop thread; only each task *body* is sent to the backend. The
 backend is created and started on the first submit and terminated when the
 flow run ends.
 
-Cancellation has one owner, the flow run's `dispatch.BodyDispatcher` (created on
-`__enter__`, before any backend): `cancel_all` asks it to cancel. Prefect calls
-`cancel_all` on the flow's own runner, not on the `duplicate()` that runs the
-flow run, so that one passes it on to its running duplicates.
+Several backends in one flow: `backends=` names them, each a registry name or a
+dict `{"backend": registry_name, **constructor_kwargs}`, and each body is routed
+to one (adapter/routing.py: the task's own `"backend"` key or `ensemble_map(...,
+backend=)`, else `task_resources(backend=)`, else a tag `rhapsody:NAME`, else
+`default`). Each backend starts when the first body is routed to it:
+
+    RhapsodyRunner(backends={"pilot": {"backend": "radical_pilot", "cores": 4},
+                             "local": "concurrent"}, default="local")
+
+Cancellation has one owner per backend, the flow run's `dispatch.BodyDispatcher`
+(all created on `__enter__`, before any backend, and held by `routing.Backends`):
+`cancel_all` asks every one to cancel. Prefect calls `cancel_all` on the flow's
+own runner, not on the `duplicate()` that runs the flow run, so that one passes
+it on to its running duplicates.
 """
 
 from __future__ import annotations
@@ -47,12 +57,11 @@ from prefect.task_engine import run_task_async
 from prefect.task_runners import TaskRunner
 from prefect.tasks import Task
 
-from ..backends.discovery import BackendRegistry, get_backend
 from ..core.exceptions import ConfigurationError
 from .dispatch import BodyDispatcher, wait_for_futures
 from .loop_thread import LoopThread
 from .pacing import StartPacer
-from .timeline import TransitionLines, notice_listener
+from .routing import Backends, Routing
 
 logger = logging.getLogger("rhapsody_prefect.runner")
 
@@ -71,12 +80,21 @@ class RhapsodyRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
             timeline. 0: always log it.
         artifacts: Prefect artifacts for the flow run: a progress bar of its task runs'
             backend work (once that work outlasts a few seconds) and a summary table at
-            the end, and the same per `ensemble_map`; False: none.
+            the end, and the same per `ensemble_map` (with several backends: per backend);
+            False: none.
+        backends: several backends instead of `backend` and its options: name -> a
+            registry name or `{"backend": registry_name, **constructor_kwargs}`.
+        default: with `backends`, the name of the backend a body goes to when nothing
+            routes it elsewhere (default: the first name).
         **backend_kwargs: keyword arguments for the backend's constructor.
+
+    Raises:
+        ConfigurationError: an unknown backend, a bad option, a bad spec or `default`
+            (naming it).
     """
 
     #: Attributes that live only while the runner runs (never pickled or duplicated).
-    _RUNTIME = ("_stack", "_loop_thread", "_dispatcher", "_client_context", "_backend_lock",
+    _RUNTIME = ("_stack", "_loop_thread", "_backends", "_client_context", "_backend_lock",
                 "_inflight", "_children", "_pacer")
 
     def __init__(
@@ -86,13 +104,27 @@ class RhapsodyRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         transition_log_level: int | None = logging.INFO,
         executing_log_after: float = 1.0,
         artifacts: bool = True,
+        backends: dict[str, str | dict[str, Any]] | None = None,
+        default: str | None = None,
         **backend_kwargs: Any,
     ) -> None:
         if not isinstance(backend, str):
             raise ConfigurationError(
                 f"RhapsodyRunner needs a backend name (str), got {backend!r}", "backend"
             )
-        self.backend_name = backend
+        if backends is None:
+            if default is not None:
+                raise ConfigurationError("default= goes with backends=", "default")
+            self.routing = Routing.single(backend, backend_args, backend_kwargs)
+        elif backend_args or backend_kwargs:
+            raise ConfigurationError(
+                "Give either one backend with its options or backends=, not both; got "
+                f"options {sorted(backend_kwargs) or list(backend_args)} beside backends=",
+                "backends")
+        else:
+            self.routing = Routing.several(backends, default)
+        #: The default backend's name (the one backend's, in the single form).
+        self.backend_name = self.routing.default
         super().__init__()
         self.backend_args = backend_args
         self.backend_kwargs = backend_kwargs
@@ -107,41 +139,13 @@ class RhapsodyRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         if not isinstance(artifacts, bool):
             raise ConfigurationError(f"artifacts must be a bool, got {artifacts!r}", "artifacts")
         self.artifacts = artifacts
-        self._check_backend()
+        self.routing.check()  # every backend, constructed and dropped: nothing starts
         self._reset_runtime()
-
-    def _check_backend(self) -> None:
-        """Fail where the flow is defined: an unknown backend name or a bad option.
-
-        The backend is constructed (which checks its options) and dropped; nothing
-        starts. A backend whose optional dependencies are missing here is not
-        checked (the flow may be deployed from a machine that will not run it).
-        """
-        try:
-            backend_class = BackendRegistry.get_backend_class(self.backend_name)
-        except ValueError:
-            raise ConfigurationError(
-                f"Unknown backend {self.backend_name!r}; registered backends: "
-                f"{BackendRegistry.list_backends()}",
-                config_key="backend",
-            ) from None
-        except ImportError as error:
-            logger.debug("Not checking the options of %r here: %s", self.backend_name, error)
-            return
-        try:
-            backend_class(*self.backend_args, **self.backend_kwargs)
-        except ConfigurationError:
-            raise
-        except TypeError as error:
-            raise ConfigurationError(
-                f"Bad options for the {self.backend_name!r} backend: {error}",
-                config_key="backend_kwargs",
-            ) from error
 
     def _reset_runtime(self) -> None:
         self._stack: contextlib.ExitStack | None = None
         self._loop_thread: LoopThread | None = None
-        self._dispatcher: BodyDispatcher | None = None
+        self._backends: Backends | None = None
         self._client_context: AsyncClientContext | None = None
         self._backend_lock = threading.Lock()
         self._inflight: set[concurrent.futures.Future[Any]] = set()
@@ -151,7 +155,7 @@ class RhapsodyRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
     # --------------------------------------------------------------- TaskRunner
     @property
     def name(self) -> str:
-        return f"rhapsody-{self.backend_name}"
+        return f"rhapsody-{'+'.join(self.routing.names)}"
 
     def duplicate(self) -> RhapsodyRunner:
         twin = copy.copy(self)  # __getstate__/__setstate__: options only, checked already
@@ -161,8 +165,7 @@ class RhapsodyRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
     def __eq__(self, other: object) -> bool:
         return (
             isinstance(other, RhapsodyRunner)
-            and (self.backend_name, self.backend_args, self.backend_kwargs)
-            == (other.backend_name, other.backend_args, other.backend_kwargs)
+            and self.routing == other.routing
         )
 
     __hash__ = object.__hash__
@@ -179,16 +182,17 @@ class RhapsodyRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
     def __enter__(self) -> RhapsodyRunner:
         super().__enter__()
         self._stack = contextlib.ExitStack()
-        loop_thread = LoopThread(name=f"rhapsody-{self.backend_name}-runner")
+        loop_thread = LoopThread(name=f"{self.name}-runner")
         self._pacer = StartPacer()  # a fresh one per loop: no turn left over from the last
+        # Before any backend: a cancel_all that comes first still stops every submit.
+        backends = Backends(self.routing, self.transition_log_level,
+                            self.executing_log_after, self.artifacts)
+        # Closed in reverse: the backends terminated, the API client closed, the loop stopped.
         self._stack.callback(loop_thread.stop)
+        self._stack.callback(self._close_client)
+        self._stack.callback(lambda: loop_thread.call(backends.terminate()))
         self._loop_thread = loop_thread
-        # Before the backend: a cancel_all that comes first still stops every submit.
-        self._dispatcher = BodyDispatcher(
-            TransitionLines(self.backend_name, self.transition_log_level),
-            self.executing_log_after,
-            self.artifacts,
-        )
+        self._backends = backends
         return self
 
     def __exit__(self, exc_type: Any, exc_value: Any, traceback: Any) -> None:
@@ -201,7 +205,7 @@ class RhapsodyRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
                 self._stack.close()  # backend terminated, client closed, loop stopped
         finally:
             self._stack = None
-            self._dispatcher = None
+            self._backends = None
             self._client_context = None
             self._loop_thread = None
             super().__exit__(exc_type, exc_value, traceback)
@@ -221,10 +225,13 @@ class RhapsodyRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
                 "backend and cannot stream their results. Return a list instead.",
                 config_key="task",
             )
-        dispatcher = self.dispatcher()
+        if len(self.routing.specs) == 1:
+            self.dispatcher()  # the single form starts its backend here, as it always did
+        else:
+            self._open_client()  # each backend starts when a body is routed to it
         task_run_id = uuid7()
         engine_run = self._run_task(
-            dispatcher, task, task_run_id, parameters, list(wait_for or []), dependencies
+            task, task_run_id, parameters, list(wait_for or []), dependencies
         )
         context = contextvars.copy_context()
         # One API client for every task run on the loop, instead of one each.
@@ -235,53 +242,67 @@ class RhapsodyRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         return PrefectConcurrentFuture(task_run_id=task_run_id, wrapped_future=future)
 
     def cancel_all(self) -> None:
-        """Cancel every task of this runner (and of its running duplicates)."""
+        """Cancel every task of this runner, on every backend (and of its running
+        duplicates)."""
         for child in list(self._children):
             child.cancel_all()
-        loop_thread, dispatcher = self._loop_thread, self._dispatcher
-        if loop_thread is None or dispatcher is None or loop_thread.loop.is_closed():
+        loop_thread, backends = self._loop_thread, self._backends
+        if loop_thread is None or backends is None or loop_thread.loop.is_closed():
             return
-        loop_thread.call(dispatcher.cancel_all())
+        loop_thread.call(backends.cancel_all())
 
-    def dispatcher(self) -> BodyDispatcher:
-        """The flow run's dispatcher, its backend created and started on first use.
+    def dispatcher(self, name: str | None = None) -> BodyDispatcher:
+        """The flow run's dispatcher of backend `name` (default: the default backend),
+        the backend created and started on first use.
 
         For `submit` and for work that sends its own backend tasks (`ensemble_map`);
-        a backend that cannot start fails the call.
+        call it from the flow's thread. A backend that cannot start fails the call;
+        a name that is not one of the runner's raises ConfigurationError.
         """
+        backends, loop_thread = self._backends, self._loop_thread
+        if backends is None or loop_thread is None:
+            raise RuntimeError("Task runner is not started")
+        name = self.routing.default if name is None else name
+        if name in backends.dispatchers:
+            ready = backends.ready(name)
+            if ready is not None:
+                return ready
+        self._open_client()
+        # In this thread's context: the backend's notices go to this flow run's log.
+        started = loop_thread.spawn(backends.started(name), contextvars.copy_context())
+        return started.result()
+
+    @property
+    def _dispatcher(self) -> BodyDispatcher | None:
+        """The default backend's dispatcher while the runner runs (bench/ reads it)."""
+        backends = self._backends
+        return None if backends is None else backends.dispatchers[self.routing.default]
+
+    def _open_client(self) -> None:
+        """One API client for every task run on the loop, opened on first use."""
+        if self._client_context is not None:
+            return
         with self._backend_lock:
-            if self._dispatcher is None or self._loop_thread is None or self._stack is None:
-                raise RuntimeError("Task runner is not started")
-            dispatcher = self._dispatcher
-            if not dispatcher.attached:
-                backend = get_backend(self.backend_name, *self.backend_args, **self.backend_kwargs)
-                loop_thread = self._loop_thread
-                self._client_context = loop_thread.call(_open_client())
-                client = self._client_context.client
-                self._stack.callback(lambda: loop_thread.call(client.__aexit__(None, None, None)))
-                self._stack.callback(lambda: loop_thread.call(backend.terminate()))
-                notices = getattr(backend, "notices", None)
-                if notices is not None:  # e.g. a pilot's batch job, queued: the flow's log
-                    listener = notice_listener(self.backend_name)
-                    notices.subscribe(listener)
-                    self._stack.callback(notices.unsubscribe, listener)
-                dispatcher.attach(backend)
-                loop_thread.call(backend.start())
-            return dispatcher
+            if self._client_context is None and self._loop_thread is not None:
+                self._client_context = self._loop_thread.call(_open_client())
+
+    def _close_client(self) -> None:
+        client_context, loop_thread = self._client_context, self._loop_thread
+        if client_context is not None and loop_thread is not None:
+            loop_thread.call(client_context.client.__aexit__(None, None, None))
 
     def _close_dispatcher(self) -> None:
-        """The flow run's last progress artifact update and summary (never raises)."""
-        loop_thread, dispatcher = self._loop_thread, self._dispatcher
-        if loop_thread is None or dispatcher is None or loop_thread.loop.is_closed():
+        """The flow run's last progress artifact updates and summaries (never raises)."""
+        loop_thread, backends = self._loop_thread, self._backends
+        if loop_thread is None or backends is None or loop_thread.loop.is_closed():
             return
         try:
-            loop_thread.call(dispatcher.close(), timeout=60)
+            loop_thread.call(backends.close(), timeout=60)
         except Exception as error:
             logger.warning("Could not finish the flow run's progress artifacts: %r", error)
 
     async def _run_task(
         self,
-        dispatcher: BodyDispatcher,
         task: Task[Any, Any],
         task_run_id: Any,
         parameters: dict[str, Any],
@@ -293,9 +314,10 @@ class RhapsodyRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         except Exception as error:  # a foreign future that cannot be waited on
             logger.warning("Waiting for upstream futures failed: %r", error)
         await self._pacer.turn()  # a few engine starts per loop iteration (adapter/pacing.py)
+        assert self._backends is not None
         try:
             return await run_task_async(
-                task=dispatcher.proxy(task),
+                task=self._backends.proxy(task),
                 task_run_id=task_run_id,
                 parameters=parameters,
                 wait_for=wait_for or None,
