@@ -5,8 +5,9 @@
 
 One `ensemble_map` of N `executable_task` members on `concurrent` per row, each
 row in a fresh child process (its peak RSS is the flow's peak memory), rows
-interleaved and the order reversed every repeat; medians compared. Rows: members
-printing nothing, 100 KB each (held whole: under the 1 MiB `output_limit`), and
+interleaved and the order reversed every repeat; medians compared. Every row runs
+the same pipeline (`head -c N /dev/zero | tr ...`), so only the bytes differ. Rows:
+members printing nothing, 100 KB each (held whole: under the 1 MiB `output_limit`), and
 100 KB each with `output_limit=10_000` (head and tail in the result, the rest in a
 file). Prints the table and writes the section "Command output" of
 docs/benchmarks.md (`--out DIR` elsewhere).
@@ -40,7 +41,7 @@ limit = None if limit == "none" else int(limit)
 
 @executable_task
 def member(index: int) -> dict:
-    command = f"head -c {size} /dev/zero | tr '\\0' x" if size else "true"
+    command = f"head -c {size} /dev/zero | tr '\\0' x"   # the same pipeline, 0 bytes or more
     task = {"executable": command, "shell": True, "output_dir": out_dir}
     if limit is not None:
         task["output_limit"] = limit

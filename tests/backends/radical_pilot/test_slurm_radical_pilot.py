@@ -29,7 +29,7 @@ import pytest
 
 pytest.importorskip("radical.pilot")
 
-from rhapsody_prefect import BackendError, ConfigurationError, TaskError
+from rhapsody_prefect import BackendError, ConfigurationError, RhapsodyRunner, TaskError
 from rhapsody_prefect.backends.radical_pilot import RadicalPilotBackend
 from rhapsody_prefect.backends.radical_pilot.processes import marked_processes
 from tests.fixtures_slurm import SlurmCluster
@@ -470,3 +470,22 @@ def test_sigkill_of_the_client_cancels_the_pilot_job(
     finally:
         if child.poll() is None:
             child.kill()
+
+
+def test_the_readme_example_runs_as_written_on_a_slurm_pilot(
+    user_dir: pathlib.Path, slurm_cluster: SlurmCluster, tmp_path: pathlib.Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """issue 23 point 4: `./md-sim` from the flow's directory runs in the pilot's task
+    sandboxes on the Slurm nodes (the example's runner pointed at label local.slurm)."""
+    from tests.system.test_readme_example import example_flow
+
+    workdir = tmp_path / "project"
+    workdir.mkdir()
+    monkeypatch.chdir(workdir)
+    ensemble = example_flow(workdir).with_options(task_runner=RhapsodyRunner(
+        "radical_pilot",
+        resources={"resource": "local.slurm", "nodes": len(slurm_cluster.nodes), "runtime": 20},
+        raptor={"workers": 1, "cores_per_worker": 1}, work_dir=tmp_path / "work"))
+    assert ensemble(members=4) == pytest.approx(2.0)
+    assert wait_queue_empty() == []
