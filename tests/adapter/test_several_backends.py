@@ -250,6 +250,28 @@ def test_an_unknown_name_fails_that_task_run_listing_the_names() -> None:
     assert "name 2 backends" in states["two tags"].message
 
 
+def test_an_upstream_backend_is_routed_to_like_any_registry_name() -> None:
+    """`upstream.concurrent` (rhapsody-py's own backend, through the registry) beside ours:
+    its commands carry the `backend` key, which upstream's backends would refuse."""
+    pytest.importorskip("rhapsody")
+    runner = RhapsodyRunner(backends={"local": THREADS, "upstream": "upstream.concurrent"})
+
+    @flow(task_runner=runner)
+    def beside() -> tuple[str, str, list[str], Any]:
+        here = plain.submit().result()
+        there = command.submit("upstream").result().stdout
+        members = ensemble_map(command, ["upstream"] * 3, backend="upstream").result()
+        tagged = plain.with_options(tags=["rhapsody:upstream"]).submit()
+        tagged.wait()
+        assert tagged.state.is_completed()
+        return here, there, [m.stdout for m in members], tagged.task_run_id
+
+    here, there, members, tagged_run = beside()
+    assert here == "flow"
+    assert int(there) > 0 and len(members) == 3 and all(int(m) > 0 for m in members)
+    assert task_run_logs(tagged_run, "Backend 'upstream' task plain-")
+
+
 # ------------------------------------------------------------------ lifecycle
 def test_each_backend_starts_on_first_use_and_all_end_with_the_flow() -> None:
     EVENTS.clear()
