@@ -147,3 +147,25 @@ def test_several_backends_benchmark_measures_both_rows(tmp_path: pathlib.Path) -
     markdown = (tmp_path / "benchmarks.md").read_text()
     assert markdown.startswith("# Benchmarks\n\nthe main table\n")
     assert "## Several backends in one flow" in markdown and "| two backends |" in markdown
+
+
+@pytest.mark.radical_pilot
+def test_staging_benchmark_quick(tmp_path: pathlib.Path) -> None:
+    """`bench/staging.py --quick`: 20 staged tasks per row on one pilot, every row
+    measured with every file copied back, the ratio printed and the section written
+    (the rest of benchmarks.md kept)."""
+    (tmp_path / "benchmarks.md").write_text("# Benchmarks\n\nthe main table\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    completed = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "staging.py"), "--quick", "--out", str(tmp_path)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=1200,
+    )
+    assert completed.returncode == 0, completed.stdout[-4000:] + completed.stderr[-4000:]
+    for row in ("raw-rp", "api-rp", "runner-rp"):
+        assert re.search(rf"^  {row}\s+#1:\s+[\d.]+ tasks/s .* 20/20 done, 20 copied back",
+                         completed.stdout, re.MULTILINE), row
+    assert re.search(r"^RHAPSODY API / raw RP: \*\*[\d.]+x\*\*", completed.stdout, re.MULTILINE)
+    markdown = (tmp_path / "benchmarks.md").read_text()
+    assert markdown.startswith("# Benchmarks\n\nthe main table\n")
+    assert "<!-- staging:begin -->\n## Staging through a pilot" in markdown
+    assert markdown.rstrip().endswith("<!-- staging:end -->")
