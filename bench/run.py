@@ -49,6 +49,10 @@ CHILD = Path(__file__).resolve().parent / "child.py"
 FINDINGS = Path(__file__).resolve().parent / "findings.md"
 ENSEMBLE_SECTION = Path(__file__).resolve().parent / "ensemble_section.md"
 SLURM_SECTION = Path(__file__).resolve().parent / "slurm_section.md"
+#: Sections the other benchmarks write (bench/output.py, staging.py, upstream.py, ...),
+#: kept when this script rewrites benchmarks.md.
+OTHER_SECTIONS = [Path(__file__).resolve().parent / f"{name}_section.md"
+                  for name in ("output", "staging", "upstream", "several_backends")]
 RP_CORES = 2
 
 
@@ -239,6 +243,8 @@ def write_markdown(
         lines += [ENSEMBLE_SECTION.read_text().rstrip(), ""]
     if SLURM_SECTION.exists():  # written by bench/slurm.py
         lines += [SLURM_SECTION.read_text().rstrip(), ""]
+    lines += [f"{section.read_text().rstrip()}\n" for section in OTHER_SECTIONS
+              if section.exists()]
     path.write_text("\n".join(lines))
 
 
