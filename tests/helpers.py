@@ -91,3 +91,41 @@ async def wait_for_state(backend, uid: str, state: TaskState, timeout: float = 6
             return
         await asyncio.sleep(0.1)
     raise AssertionError(f"{uid} never reached {state}: {backend.get_task_state(uid)}")
+
+
+def signal_flow_script(
+    script: pathlib.Path, body: str, bodies: int, signum: int, timeout: float = 240
+) -> list[int]:
+    """Run flow script `body` (it writes each body's pid to the file in argv[1]) until
+    `bodies` pids are written, send `signum` to it, and return the pids. Prefect's
+    ephemeral API server, which a signalled flow process leaves behind as its child
+    (a real worker's flow runs have an API URL), is killed here."""
+    import contextlib
+    import subprocess
+    import sys
+
+    import psutil
+
+    script.write_text(body)
+    pid_file = script.parent / "pids"
+    process = subprocess.Popen([sys.executable, str(script), str(pid_file)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    api_servers: list[psutil.Process] = []
+    try:
+        assert wait_until(
+            lambda: pid_file.exists() and len(pid_file.read_text().split()) == bodies,
+            timeout=timeout,
+        ), "the backend tasks never started"
+        pids = [int(p) for p in pid_file.read_text().split()]
+        assert all(pid_alive(p) for p in pids)
+        api_servers = [child for child in psutil.Process(process.pid).children(recursive=True)
+                       if "prefect.server" in " ".join(child.cmdline())]
+        process.send_signal(signum)
+        process.wait(timeout=90)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        for server in api_servers:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                server.kill()
+    return pids

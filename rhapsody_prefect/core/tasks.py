@@ -244,23 +244,17 @@ def _file_entries(task: Mapping[str, Any], key: str) -> list[tuple[str, str]]:
     return pairs
 
 
-def _input_files(task: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """(absolute source on the submitting side, name in the working directory)."""
+def _file_pairs(task: Mapping[str, Any], key: str, name_first: bool) -> list[tuple[str, str]]:
+    """`input_files`: (absolute source, name); `output_files`: (name, absolute target).
+    Names stay inside the command's working directory; paths are absolute here, on the
+    submitting side."""
     pairs = []
-    for source, name in _file_entries(task, "input_files"):
+    for first, second in _file_entries(task, key):
+        name, path = (first, second) if name_first else (second, first)
         if not name or os.path.isabs(name) or ".." in Path(name).parts:
-            raise _fail("input_files", f"a name inside the working directory, got {name!r}")
-        pairs.append((os.path.abspath(source), name))
-    return pairs
-
-
-def _output_files(task: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """(name in the working directory, absolute target on the submitting side)."""
-    pairs = []
-    for name, target in _file_entries(task, "output_files"):
-        if not name or os.path.isabs(name) or ".." in Path(name).parts:
-            raise _fail("output_files", f"a name inside the working directory, got {name!r}")
-        pairs.append((name, os.path.abspath(target)))
+            raise _fail(key, f"a name inside the working directory, got {name!r}")
+        path = os.path.abspath(path)
+        pairs.append((name, path) if name_first else (path, name))
     return pairs
 
 
@@ -314,8 +308,8 @@ _FIELD_CHECKS: dict[str, Callable[[Mapping[str, Any]], Any]] = {
     "backend_kwargs": _backend_kwargs,
     "output_limit": lambda task: _output_limit(task),
     "output_dir": lambda task: _path_or_none(task, "output_dir"),
-    "input_files": lambda task: _input_files(task),
-    "output_files": lambda task: _output_files(task),
+    "input_files": lambda task: _file_pairs(task, "input_files", name_first=False),
+    "output_files": lambda task: _file_pairs(task, "output_files", name_first=True),
     "allow_missing_outputs": lambda task: _bool(task, "allow_missing_outputs"),
     "output_exists": lambda task: _choice(task, "output_exists", ("fail", "overwrite")),
 }

@@ -7,11 +7,8 @@ and thousands of in-flight tasks without a thread each.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
-import subprocess
-import sys
 import textwrap
 import threading
 import time
@@ -26,7 +23,7 @@ from prefect.context import get_run_context
 import rhapsody_prefect as rhapsody
 from rhapsody_prefect import BackendError, RhapsodyRunner, TaskState
 from rhapsody_prefect.backends.base import ExecutionBackend, Outcome
-from tests.helpers import pid_alive, wait_until
+from tests.helpers import pid_alive, signal_flow_script, wait_until
 
 
 class _UppercaseBackend(ExecutionBackend):
@@ -132,30 +129,8 @@ FLOW_SCRIPT = textwrap.dedent("""
 
 def test_sigterm_of_the_flow_process_cancels_backend_tasks(tmp_path):
     """What a Prefect worker does to cancel a flow run: SIGTERM the flow process."""
-    script = tmp_path / "long_flow.py"
-    script.write_text(FLOW_SCRIPT)
-    pid_file = tmp_path / "pids"
-    process = subprocess.Popen([sys.executable, str(script), str(pid_file)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    api_servers: list[psutil.Process] = []
-    try:
-        assert wait_until(
-            lambda: pid_file.exists() and len(pid_file.read_text().split()) == 2, timeout=180
-        ), "the backend tasks never started"
-        pids = [int(p) for p in pid_file.read_text().split()]
-        assert all(pid_alive(p) for p in pids)
-        # Without PREFECT_API_URL the flow process runs Prefect's ephemeral API server as a
-        # child, which a SIGTERM leaves behind (a real worker's flow runs have an API URL).
-        api_servers = [child for child in psutil.Process(process.pid).children(recursive=True)
-                       if "prefect.server" in " ".join(child.cmdline())]
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=90)
-    finally:
-        if process.poll() is None:
-            process.kill()
-        for server in api_servers:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                server.kill()
+    pids = signal_flow_script(tmp_path / "long_flow.py", FLOW_SCRIPT, 2, signal.SIGTERM,
+                              timeout=180)
     assert wait_until(lambda: not any(pid_alive(p) for p in pids), timeout=30), (
         "backend commands outlived the cancelled flow run"
     )

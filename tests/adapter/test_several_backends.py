@@ -8,18 +8,14 @@ backend noting when it starts and shuts down, and one whose start fails.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
-import subprocess
-import sys
 import textwrap
 import time
 from typing import Any
 
 import cloudpickle
-import psutil
 import pytest
 from prefect import flow, tags, task
 from prefect.client.schemas.objects import StateType
@@ -37,7 +33,7 @@ from rhapsody_prefect import (
 from rhapsody_prefect.adapter import progress
 from rhapsody_prefect.backends.concurrent import ConcurrentBackend
 from tests.adapter.test_ensemble import _table, artifacts_of
-from tests.helpers import pid_alive, task_run_logs, wait_until
+from tests.helpers import pid_alive, signal_flow_script, task_run_logs, wait_until
 
 THREADS = {"backend": "concurrent", "max_workers": 2, "executor": "thread"}
 
@@ -389,30 +385,8 @@ SIGNALLED_FLOW = textwrap.dedent("""
 def test_a_signalled_flow_ends_the_tasks_of_every_backend(tmp_path: Any, signum: int) -> None:
     """SIGTERM (how a worker cancels a flow run) and SIGKILL (the watchdogs) of the flow
     process end the bodies on both backends: commands and process-pool functions."""
-    script = tmp_path / "long_flow.py"
-    script.write_text(SIGNALLED_FLOW)
-    pid_file = tmp_path / "pids"
-    process = subprocess.Popen([sys.executable, str(script), str(pid_file)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    api_servers: list[psutil.Process] = []
-    try:
-        assert wait_until(
-            lambda: pid_file.exists() and len(pid_file.read_text().split()) == 4, timeout=240
-        ), "the backend tasks never started"
-        pids = [int(p) for p in pid_file.read_text().split()]
-        assert all(pid_alive(p) for p in pids)
-        # Without PREFECT_API_URL the flow process runs Prefect's ephemeral API server as a
-        # child, which a signal leaves behind (a real worker's flow runs have an API URL).
-        api_servers = [child for child in psutil.Process(process.pid).children(recursive=True)
-                       if "prefect.server" in " ".join(child.cmdline())]
-        process.send_signal(signum)
-        process.wait(timeout=90)
-    finally:
-        if process.poll() is None:
-            process.kill()
-        for server in api_servers:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                server.kill()
+    pids = signal_flow_script(tmp_path / "long_flow.py", SIGNALLED_FLOW, 4, signum,
+                              timeout=240)
     assert wait_until(lambda: not any(pid_alive(p) for p in pids), timeout=30), (
         "bodies outlived the signalled flow run: "
         + json.dumps([p for p in pids if pid_alive(p)]))

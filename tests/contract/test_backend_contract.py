@@ -11,22 +11,11 @@ import time
 
 import pytest
 
-import rhapsody_prefect as rhapsody
 from rhapsody_prefect import ConfigurationError, TaskError, TaskState, WaitTimeoutError
 from tests.conftest import BACKEND_SPECS
 from tests.helpers import count_and_fail_first, record_states
 
 pytestmark = [pytest.mark.parametrize("backend_spec", BACKEND_SPECS, indirect=True)]
-
-
-@pytest.fixture
-async def backend(backend_spec):
-    name, kwargs = backend_spec
-    backend = rhapsody.get_backend(name, **kwargs)
-    try:
-        yield backend
-    finally:
-        await backend.terminate()
 
 
 def square(x: int) -> int:

@@ -30,16 +30,6 @@ def _expected(size: int) -> str:
     return "".join(f"{i:099d}\n" for i in range(size // 100))
 
 
-@pytest.fixture
-async def backend(backend_spec):
-    name, kwargs = backend_spec
-    backend = rhapsody.get_backend(name, **kwargs)
-    try:
-        yield backend
-    finally:
-        await backend.terminate()
-
-
 async def test_200_kb_of_stdout_arrives_whole(backend) -> None:
     task = {"executable": PRINT_BYTES + "200000", "shell": True}
     await backend.submit_tasks([task])
