@@ -321,13 +321,13 @@ class ExecutionBackend(BaseExecutionBackend):
                     break
                 except asyncio.CancelledError:
                     continue
-            if record.attempt is not None:
-                self._release(record.attempt)
         except Exception as error:
             logger.exception("Internal error while running task %s", task["uid"])
             outcome = Outcome.failed(BackendError(
                 f"Internal error in the {self.backend_type} backend: {error!r}", self.backend_type
             ))
+        if record.attempt is not None:  # cancelled or broken mid-attempt (else a no-op)
+            self._release(record.attempt)
         self._finish(record, outcome)
 
     def _driver_done(self, record: TaskRecord, driver: asyncio.Task[None]) -> None:
